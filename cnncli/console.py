@@ -1,0 +1,60 @@
+"""Where output goes: Rich on a terminal, plain lines otherwise, stdout kept clean for `--json`.
+
+Every command builds one `Out`. With `json=True` all human output goes to stderr and the
+command prints exactly one JSON document (or one per line, for `bench`) on stdout.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from rich.console import Console
+from rich.table import Table
+
+
+class Out:
+    def __init__(self, json: bool = False):
+        self.json = json
+        stream = sys.stderr if json else sys.stdout
+        # force_terminal=None lets Rich detect a TTY; off a TTY it prints plain text, no colour codes.
+        self.console = Console(file=stream, highlight=False, soft_wrap=True)
+        self.is_tty = self.console.is_terminal
+
+    def print(self, *args, **kwargs) -> None:
+        self.console.print(*args, **kwargs)
+
+    def table(self, title: str | None, columns: list[str], rows: list[list], justify_numbers=True) -> None:
+        """A table: Rich box on a terminal, fixed-width plain columns elsewhere (CI logs, pipes)."""
+        rows = [[_fmt(c) for c in r] for r in rows]
+        if self.is_tty:
+            t = Table(title=title, show_lines=False)
+            for i, c in enumerate(columns):
+                t.add_column(c, justify="left" if i == 0 or not justify_numbers else "right")
+            for r in rows:
+                t.add_row(*r)
+            self.console.print(t)
+            return
+        widths = [max(len(str(c)), *(len(r[i]) for r in rows)) if rows else len(str(c)) for i, c in enumerate(columns)]
+        if title:
+            self.console.print(title)
+        line = lambda cells: "  ".join(  # noqa: E731
+            (str(c).ljust(w) if i == 0 else str(c).rjust(w)) for i, (c, w) in enumerate(zip(cells, widths))
+        )
+        self.console.print(line(columns).rstrip())
+        for r in rows:
+            self.console.print(line(r).rstrip())
+
+    def emit_json(self, obj) -> None:
+        """The machine-readable result: stdout, one line, nothing else there."""
+        from .fsutil import dumps
+
+        sys.stdout.write(dumps(obj) + "\n")
+        sys.stdout.flush()
+
+
+def _fmt(v) -> str:
+    if isinstance(v, float):
+        return f"{v:.4f}" if abs(v) < 1000 else f"{v:,.0f}"
+    if isinstance(v, int) and not isinstance(v, bool):
+        return f"{v:,}"
+    return str(v)

@@ -1,0 +1,103 @@
+"""Figures (matplotlib, Agg backend: no display needed). Every PNG is written atomically."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from .fsutil import atomic_path  # noqa: E402
+
+
+def save(fig, path) -> Path:
+    """Write `fig` as PNG to `path` atomically and close it."""
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def curves(history: list[dict], path, title: str = "") -> Path:
+    """Accuracy and loss against epoch, train and validation: the figure every seed drew."""
+    fig, (ax_acc, ax_loss) = plt.subplots(1, 2, figsize=(10, 4))
+    ep = [r["epoch"] for r in history]
+    for ax, key, label in ((ax_acc, "accuracy", "accuracy"), (ax_loss, "loss", "loss")):
+        ax.plot(ep, [r[f"train_{key}"] for r in history], "o-", label="train")
+        if any(r.get(f"val_{key}") is not None for r in history):
+            ax.plot(ep, [r.get(f"val_{key}") for r in history], "s--", label="validation")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    if title:
+        fig.suptitle(title)
+    return save(fig, path)
+
+
+def confusion_matrices(cm, classes: list[str], path, title: str = "") -> Path:
+    """Counts and the row-normalised matrix (each row: how a true class was predicted), side by side."""
+    import numpy as np
+
+    cm = np.asarray(cm)
+    k = len(classes)
+    rows = cm.sum(1, keepdims=True)
+    norm = np.divide(cm, rows, out=np.zeros(cm.shape, float), where=rows > 0)
+    side = max(4.5, 0.45 * k + 2)
+    fig, axes = plt.subplots(1, 2, figsize=(2 * side + 1.5, side))
+    for ax, m, name, fmt in ((axes[0], cm, "counts", "d"), (axes[1], norm, "normalised by true class", ".2f")):
+        im = ax.imshow(m, cmap="Blues", vmin=0, vmax=1 if m is norm else max(int(m.max()), 1))
+        fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+        ax.set(xticks=range(k), yticks=range(k), xlabel="predicted", ylabel="true", title=name)
+        ax.set_xticklabels(classes, rotation=45 if max(map(len, classes)) > 3 else 0, ha="right")
+        ax.set_yticklabels(classes)
+        if k <= 20:  # beyond that the numbers are unreadable; the colours still tell
+            thresh = (m.max() if m.size else 0) / 2
+            for i in range(k):
+                for j in range(k):
+                    ax.text(j, i, format(m[i, j], fmt), ha="center", va="center", fontsize=8,
+                            color="white" if m[i, j] > thresh else "black")
+    if title:
+        fig.suptitle(title)
+    return save(fig, path)
+
+
+def image_grid(images: list, labels: list[str], path, title: str = "", cols: int = 5) -> Path:
+    """uint8 HWC images in a grid, each with its label below (errors.png)."""
+    n = len(images)
+    rows = max(1, -(-n // cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(2.2 * cols, 2.5 * rows + 0.6), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, img, label in zip(axes.flat, images, labels):
+        gray = img.shape[-1] == 1
+        ax.imshow(img[..., 0] if gray else img, cmap="gray" if gray else None, vmin=0, vmax=255)
+        ax.set_title(label, fontsize=8)
+    if n == 0:
+        axes[0, 0].text(0, 0.5, "no misclassified images", fontsize=12)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return save(fig, path)
+
+
+def saliency(image, sal, path, title: str = "") -> Path:
+    """The image, its saliency map, and the map laid over the image: one PNG (`cnn explain`)."""
+    gray = image.shape[-1] == 1
+    shown = image[..., 0] if gray else image
+    fig, axes = plt.subplots(1, 3, figsize=(11, 4))
+    axes[0].imshow(shown, cmap="gray" if gray else None, vmin=0, vmax=255)
+    axes[0].set_title("input (as the model sees it)")
+    im = axes[1].imshow(sal, cmap="hot")
+    axes[1].set_title("saliency |d score / d pixel|")
+    fig.colorbar(im, ax=axes[1], fraction=0.046, pad=0.04)
+    axes[2].imshow(shown, cmap="gray" if gray else None, vmin=0, vmax=255)
+    axes[2].imshow(sal, cmap="jet", alpha=0.5)
+    axes[2].set_title("overlay")
+    for ax in axes:
+        ax.axis("off")
+    if title:
+        fig.suptitle(title)
+    return save(fig, path)

@@ -1,0 +1,84 @@
+"""Checkpoints: every array of the train state by its tree path, in msgpack (flax.serialization), no pickle.
+
+Stored by path (not by position) so that loading into a model of another architecture fails with
+a message naming the first layer that differs. Written atomically: a kill at any moment leaves the
+previous file intact.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import jax
+import numpy as np
+from flax import serialization
+
+from ..errors import CnnError
+from ..fsutil import atomic_path
+
+
+def path_str(path) -> str:
+    parts = []
+    for k in path:
+        name = getattr(k, "key", getattr(k, "name", getattr(k, "idx", None)))
+        if name == "value" and type(k).__name__ == "GetAttrKey":
+            continue  # nnx.Variable's own attribute: noise in the names
+        parts.append(str(name))
+    return "/".join(parts)
+
+
+def _is_key(x) -> bool:
+    return hasattr(x, "dtype") and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key)
+
+
+def flatten(tree) -> dict[str, np.ndarray]:
+    """{path: numpy array}; RNG keys are stored as their raw key data."""
+    out = {}
+    for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+        if leaf is None:
+            continue
+        out[path_str(path)] = np.asarray(jax.random.key_data(leaf) if _is_key(leaf) else leaf)
+    return out
+
+
+def unflatten_into(template, arrays: dict[str, np.ndarray], what: str):
+    """Fill `template`'s leaves from `arrays` by path, checking every shape; CnnError on mismatch."""
+    leaves = jax.tree_util.tree_flatten_with_path(template)[0]
+    missing = [path_str(p) for p, _ in leaves if path_str(p) not in arrays]
+    if missing:
+        raise CnnError(f"{what}: checkpoint has no entry for {missing[0]!r} (saved from another architecture?)")
+    new = []
+    for path, leaf in leaves:
+        name = path_str(path)
+        arr = arrays[name]
+        if _is_key(leaf):
+            new.append(jax.random.wrap_key_data(arr, impl=jax.random.key_impl(leaf)))
+            continue
+        if tuple(arr.shape) != tuple(np.shape(leaf)):
+            raise CnnError(
+                f"{what}: layer {name!r} has shape {tuple(np.shape(leaf))} in the model but "
+                f"{tuple(arr.shape)} in the checkpoint (another architecture or input shape?)"
+            )
+        new.append(arr.astype(np.asarray(leaf).dtype))
+    return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(template), new)
+
+
+def save(path: Path, state, meta: dict) -> None:
+    """Write {meta (JSON), state arrays by path} to `path` atomically."""
+    blob = {"meta": json.dumps(meta), "state": flatten(jax.device_get(state))}
+    data = serialization.msgpack_serialize(blob)
+    with atomic_path(path) as tmp:
+        Path(tmp).write_bytes(data)
+
+
+def load(path: Path) -> tuple[dict, dict[str, np.ndarray]]:
+    """(meta, {path: array}); CnnError if missing or unreadable."""
+    path = Path(path)
+    if not path.is_file():
+        raise CnnError(f"no checkpoint at {path}")
+    try:
+        blob = serialization.msgpack_restore(path.read_bytes())
+        return json.loads(blob["meta"]), blob["state"]
+    except Exception as e:  # truncated or not ours: one line, not a traceback
+        raise CnnError(f"checkpoint {path} is unreadable ({type(e).__name__}); it may be truncated") from None

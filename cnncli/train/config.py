@@ -1,0 +1,111 @@
+"""Training options: one dataclass, resolved as global defaults <- architecture <- recipe <- command line.
+
+The resolved config is written to the run's `config.json`; it alone rebuilds the model and the
+preprocessing for `evaluate`, `predict`, `explain` and `--resume`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+from ..errors import CnnError
+
+OPTIMIZERS = ("adam", "rmsprop", "sgd", "adadelta", "adagrad", "adamw", "nadam")
+SCHEDULES = ("constant", "cosine", "onecycle")
+AUGMENTS = ("flip", "shift", "crop", "rotate", "zoom", "color")
+
+
+@dataclass
+class TrainConfig:
+    arch: str = "net1"
+    dataset: str = "digits"
+    data_dir: str | None = None
+    epochs: int = 10
+    batch_size: int = 128
+    optimizer: str = "adam"
+    lr: float | None = None  # None: the optimizer's Keras default (the seeds used Keras defaults)
+    momentum: float = 0.0  # sgd only (nesterov when > 0)
+    weight_decay: float = 0.0  # on kernels only; L2 on gradients, decoupled for adamw
+    schedule: str = "constant"
+    warmup_epochs: float = 0.0
+    label_smoothing: float = 0.0
+    activation: str | None = None  # None: the architecture's own
+    dropout: float | None = None
+    val_split: float = 0.1  # carved from train, stratified; the test split is never used for validation
+    image_size: int | None = None  # photos only; None: the data set's default
+    limit: int | None = None  # stratified subset of train, for quick runs
+    balance: bool = False
+    augment: str = "none"  # comma list of AUGMENTS, or "none"
+    normalize: str = "unit"  # "unit": x/255 as the seeds did; "standard": per-channel mean/std of train
+    early_stopping: int = 0  # patience in epochs; 0: off
+    monitor: str = "val_accuracy"  # what "best" means: val_accuracy (max) or val_loss (min)
+    seed: int = 0
+    precision: str = "fp32"
+    ema: float = 0.0  # decay of an exponential moving average of the weights; 0: off
+    tta_flip: bool = False  # evaluate on the image and its mirror, averaged
+    init_from: str | None = None
+    freeze: str | None = None  # "features": train only the classifier head
+    recipe: str | None = None
+    out: str = "runs/train"
+    name: str | None = None
+    extra: dict = field(default_factory=dict)  # provenance, filled by the engine (not an option)
+
+    def validate(self) -> None:
+        if self.optimizer not in OPTIMIZERS:
+            raise CnnError(f"unknown optimizer {self.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}")
+        if self.schedule not in SCHEDULES:
+            raise CnnError(f"unknown schedule {self.schedule!r}; choose one of {', '.join(SCHEDULES)}")
+        for a in augment_list(self.augment):
+            if a not in AUGMENTS:
+                raise CnnError(f"unknown augmentation {a!r}; choose from {', '.join(AUGMENTS)} or 'none'")
+        if self.epochs < 1 or self.batch_size < 1:
+            raise CnnError("--epochs and --batch-size must be at least 1")
+        if not 0.0 <= self.val_split < 1.0:
+            raise CnnError("--val-split must be in [0, 1)")
+        if self.precision not in ("fp32", "bf16"):
+            raise CnnError("--precision must be fp32 or bf16")
+        if self.normalize not in ("unit", "standard"):
+            raise CnnError("normalize must be 'unit' or 'standard'")
+        if self.monitor not in ("val_accuracy", "val_loss"):
+            raise CnnError("--monitor must be val_accuracy or val_loss")
+        if self.freeze not in (None, "features"):
+            raise CnnError("--freeze takes 'features'")
+        if self.freeze and not self.init_from:
+            raise CnnError("--freeze features needs --init-from RUN_DIR")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+def augment_list(spec: str | None) -> list[str]:
+    if not spec or spec == "none":
+        return []
+    return [a.strip() for a in spec.split(",") if a.strip()]
+
+
+def resolve(overrides: dict, recipe: dict | None = None) -> TrainConfig:
+    """Global defaults <- the architecture's seed defaults <- recipe <- explicit options.
+
+    `overrides` holds only what the user typed (None values are dropped), so a default never
+    hides an architecture's or a recipe's choice.
+    """
+    from ..models import get_arch
+
+    given = {k: v for k, v in overrides.items() if v is not None}
+    merged = dict(recipe or {})
+    arch_name = given.get("arch", merged.get("arch", TrainConfig.arch))
+    base = dict(get_arch(arch_name).defaults)
+    base.update(merged)
+    base.update(given)
+    unknown = set(base) - {f.name for f in dataclasses.fields(TrainConfig)}
+    if unknown:
+        raise CnnError(f"unknown training option(s): {', '.join(sorted(unknown))}")
+    cfg = TrainConfig(**base)
+    cfg.validate()
+    return cfg

@@ -1,0 +1,406 @@
+"""The training loop: data in, a run directory out. Every command that trains goes through `fit`.
+
+Per epoch: a seeded permutation, batches gathered on the host by a background thread and put on
+the devices (sharded over the batch axis) while the previous step runs, one jitted step per batch,
+metric sums read back once per progress refresh, then validation, history, checkpoints.
+"""
+
+from __future__ import annotations
+
+import math
+import queue
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import jax
+import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from ..errors import CnnError
+from ..fsutil import write_json
+from . import checkpoint, rundir
+from .config import TrainConfig, augment_list
+from .optim import DEFAULT_LR, learning_rate, make_optimizer
+from .progress import Progress
+from .step import TrainState, make_eval_step, make_train_step, split, zero_metrics
+
+
+
+@dataclass
+class Loop:
+    """Where the loop is: everything besides the arrays that a resumed run needs."""
+
+    epoch: int = 0  # epochs completed
+    step_in_epoch: int = 0  # steps completed within the current epoch (non-zero only after Ctrl-C)
+    global_step: int = 0
+    history: list = field(default_factory=list)
+    best_epoch: int = 0
+    best_value: float | None = None
+    bad_epochs: int = 0  # early stopping: epochs since the best
+    partial: list = field(default_factory=lambda: [0.0, 0.0, 0.0])  # metric sums of an interrupted epoch
+    train_seconds: float = 0.0
+
+
+def _mesh():
+    devices = np.array(jax.devices())
+    return jax.sharding.Mesh(devices, ("batch",))
+
+
+def _put(mesh, arr):
+    """Global batch -> array sharded over the batch axis (each host passes its own rows)."""
+    sharding = NamedSharding(mesh, P("batch"))
+    if jax.process_count() == 1:
+        return jax.device_put(arr, sharding)
+    n = len(arr) // jax.process_count()
+    i = jax.process_index()
+    return jax.make_array_from_process_local_data(sharding, arr[i * n : (i + 1) * n])
+
+
+def _batches(mesh, x, y, order, batch_size, start):
+    """Yield device batches for steps start.. of an epoch, prepared one ahead in a thread."""
+    q: queue.Queue = queue.Queue(maxsize=2)
+    stop = threading.Event()
+
+    def work():
+        for s in range(start, len(order) // batch_size):
+            idx = np.sort(order[s * batch_size : (s + 1) * batch_size])  # sorted: sequential reads of a memmap
+            item = (_put(mesh, np.asarray(x[idx])), _put(mesh, np.asarray(y[idx], np.int32)))
+            while not stop.is_set():
+                try:
+                    q.put(item, timeout=0.1)
+                    break
+                except queue.Full:
+                    continue
+            if stop.is_set():
+                return
+        q.put(None)
+
+    t = threading.Thread(target=work, daemon=True)
+    t.start()
+    try:
+        while (item := q.get()) is not None:
+            yield item
+    finally:
+        stop.set()
+
+
+def _order(seed: int, epoch: int, n: int) -> np.ndarray:
+    # One permutation per (seed, epoch): a resumed run replays the same order.
+    return np.random.default_rng([seed, epoch]).permutation(n)
+
+
+def evaluate_arrays(eval_step, params, rest, mesh, x, y, batch_size: int, want_probs=False):
+    """(loss, accuracy, probs|None) over a whole split, in padded fixed-size batches."""
+    n = len(x)
+    if n == 0:
+        return float("nan"), float("nan"), None
+    bs = min(batch_size, _round_up(n, mesh.size))
+    bs = _round_up(bs, mesh.size)
+    loss = correct = 0.0
+    probs = []
+    for i in range(0, n, bs):
+        xb, yb = np.asarray(x[i : i + bs]), np.asarray(y[i : i + bs], np.int32)
+        m = len(xb)
+        w = np.ones(bs, np.float32)
+        if m < bs:
+            pad = bs - m
+            xb = np.concatenate([xb, np.zeros((pad, *xb.shape[1:]), xb.dtype)])
+            yb = np.concatenate([yb, np.zeros(pad, np.int32)])
+            w[m:] = 0.0
+        l, c, p = eval_step(params, rest, _put(mesh, xb), _put(mesh, yb), _put(mesh, w))
+        loss += float(l)
+        correct += float(c)
+        if want_probs:
+            probs.append(np.asarray(p)[:m])
+    return loss / n, correct / n, (np.concatenate(probs) if want_probs else None)
+
+
+def _round_up(a: int, b: int) -> int:
+    return -(-a // b) * b
+
+
+def fit(cfg: TrainConfig, progress: Progress, resume: Path | None = None) -> dict:
+    """Train `cfg` (or continue the run in `resume`) and return the run's summary."""
+    from .. import plots
+    from ..data import load_dataset
+    from ..models import create_model, get_arch
+    from ..runtime import setup_jax
+
+    setup_jax()
+    t_start = time.monotonic()
+    ds = load_dataset(cfg.dataset, data_dir=cfg.data_dir, image_size=cfg.image_size, val_split=cfg.val_split,
+                      limit=cfg.limit, balance=cfg.balance, seed=cfg.seed)
+    num_classes = len(ds.classes)
+    c = ds.shape[-1]
+    mean, std = (ds.mean, ds.std) if cfg.normalize == "standard" else ((0.0,) * c, (1.0,) * c)
+    model = create_model(cfg.arch, ds.shape, num_classes, activation=cfg.activation, dropout=cfg.dropout, seed=cfg.seed)
+    binary = get_arch(cfg.arch).binary_head and num_classes == 2
+    gtrain, geval, params, rest = split(model)
+
+    mesh = _mesh()
+    n_train = len(ds.train.y)
+    bs = cfg.batch_size
+    if bs % mesh.size:
+        raise CnnError(f"--batch-size {bs} is not divisible by the {mesh.size} devices")
+    if n_train < bs:
+        bs = max(mesh.size, n_train // mesh.size * mesh.size)
+        progress.note(f"only {n_train} training images: batch size lowered to {bs}")
+    steps_per_epoch = n_train // bs
+
+    trainable = None
+    if cfg.init_from:
+        params, rest, note = _init_from(cfg.init_from, params, rest)
+        progress.note(note)
+        if cfg.freeze == "features":
+            trainable = _head_mask(params)
+    tx = make_optimizer(cfg, steps_per_epoch, trainable)
+    state = TrainState(params, rest, tx.init(params), jax.tree.map(lambda p: p.copy(), params) if cfg.ema else None)
+
+    loop = Loop()
+    if resume is not None:
+        run_dir = Path(resume)
+        meta, arrays = checkpoint.load(run_dir / "checkpoints" / "last.msgpack")
+        state = checkpoint.unflatten_into(state, arrays, f"{run_dir}/checkpoints/last.msgpack")
+        loop = Loop(**meta["loop"])
+        if loop.epoch >= cfg.epochs:
+            raise CnnError(f"{run_dir} already finished its {cfg.epochs} epochs; nothing to resume")
+        progress.note(f"resuming {run_dir} at epoch {loop.epoch + 1}, step {loop.step_in_epoch}")
+    else:
+        run_dir = rundir.new_run_dir(cfg.out, cfg.name or f"{cfg.arch}-{Path(cfg.dataset).name}")
+        cfg.extra = _provenance(cfg, mesh, steps_per_epoch, bs)
+        record = cfg.to_dict() | {"data": _data_record(ds, mean, std)}
+        write_json(run_dir / "config.json", record)
+    progress.note(f"run directory: {run_dir}")
+
+    replicated = NamedSharding(mesh, P())
+    state = jax.device_put(state, replicated)
+    train_step = make_train_step(gtrain, tx, binary=binary, mean=mean, std=std,
+                                 augment_ops=tuple(augment_list(cfg.augment)), smoothing=cfg.label_smoothing,
+                                 ema_decay=cfg.ema, precision=cfg.precision, seed=cfg.seed)
+    eval_step = make_eval_step(geval, binary=binary, mean=mean, std=std, tta_flip=cfg.tta_flip)
+    lr_at = learning_rate(cfg, steps_per_epoch)
+    lr_at = lr_at if callable(lr_at) else (lambda _s, v=lr_at: v)
+    eval_bs = max(256, bs)
+
+    def save(which: str):
+        meta = {"loop": loop.__dict__, "use_ema": bool(cfg.ema), "arch": cfg.arch}
+        checkpoint.save(run_dir / "checkpoints" / f"{which}.msgpack", state, meta)
+
+    def plot():
+        plots.curves(loop.history, run_dir / "curves.png", f"{cfg.arch} on {Path(cfg.dataset).name}")
+
+    last_plot = time.monotonic()
+    stopped_early = False
+    interrupted = _Interrupt()
+    with interrupted, progress.session(cfg.epochs, steps_per_epoch, start_epoch=loop.epoch):
+        while loop.epoch < cfg.epochs:
+            epoch = loop.epoch + 1
+            t0 = time.monotonic()
+            metrics = jax.device_put(zero_metrics(), replicated)
+            sums_before = np.array(loop.partial, np.float64)
+            progress.start_epoch(epoch, loop.step_in_epoch)
+            last_refresh = time.monotonic()
+            order = _order(cfg.seed, epoch, n_train)
+            step_in_epoch = loop.step_in_epoch
+            for xb, yb in _batches(mesh, ds.train.x, ds.train.y, order, bs, loop.step_in_epoch):
+                state, metrics = train_step(state, metrics, xb, yb, np.int32(loop.global_step))
+                loop.global_step += 1
+                step_in_epoch += 1
+                if interrupted.hit or time.monotonic() - last_refresh > 0.5 or step_in_epoch == steps_per_epoch:
+                    sums, bad = jax.device_get(metrics)
+                    if math.isfinite(bad):
+                        _nan_stop(epoch, int(bad) - (loop.global_step - step_in_epoch) + 1, run_dir)
+                    tot = sums_before + sums
+                    progress.update(step_in_epoch, tot[0] / max(tot[2], 1), tot[1] / max(tot[2], 1),
+                                    tot[2] - sums_before[2], time.monotonic() - t0)
+                    last_refresh = time.monotonic()
+                    if interrupted.hit:
+                        loop.step_in_epoch = step_in_epoch
+                        loop.partial = tot.tolist()
+                        loop.train_seconds += time.monotonic() - t0
+                        save("last")
+                        if loop.history:
+                            plot()
+                        raise KeyboardInterruptSaved(run_dir)
+            sums = sums_before + np.asarray(jax.device_get(metrics[0]), np.float64)
+            train_loss, train_acc = sums[0] / max(sums[2], 1), sums[1] / max(sums[2], 1)
+            eval_params = state.ema if cfg.ema else state.params
+            val_loss = val_acc = None
+            if ds.val is not None and len(ds.val.y):
+                val_loss, val_acc = evaluate_arrays(eval_step, eval_params, state.rest, mesh, ds.val.x, ds.val.y, eval_bs)[:2]
+            seconds = time.monotonic() - t0
+            loop.train_seconds += seconds
+            row = {
+                "epoch": epoch, "train_loss": round(float(train_loss), 6), "train_accuracy": round(float(train_acc), 6),
+                "val_loss": None if val_loss is None else round(val_loss, 6),
+                "val_accuracy": None if val_acc is None else round(val_acc, 6),
+                "lr": float(lr_at(loop.global_step - 1)), "seconds": round(seconds, 3),
+                "elapsed_seconds": round(loop.train_seconds, 3),
+                "images_per_s": round((sums[2] - sums_before[2]) / seconds, 1),
+            }
+            loop.history.append(row)
+            loop.epoch, loop.step_in_epoch, loop.partial = epoch, 0, [0.0, 0.0, 0.0]
+            improved = _improved(cfg.monitor, row, loop.best_value)
+            if improved:
+                loop.best_epoch, loop.best_value = epoch, row[cfg.monitor] if row[cfg.monitor] is not None else None
+                loop.bad_epochs = 0
+            else:
+                loop.bad_epochs += 1
+            rundir.write_history(run_dir, loop.history)
+            save("last")
+            if improved:
+                save("best")
+            progress.end_epoch(row)
+            if time.monotonic() - last_plot > 30:  # a plot costs ~0.5 s: refresh it twice a minute at most
+                plot()
+                last_plot = time.monotonic()
+            if cfg.early_stopping and loop.bad_epochs >= cfg.early_stopping:
+                progress.note(f"early stopping: no better {cfg.monitor} for {cfg.early_stopping} epochs; "
+                              f"restoring epoch {loop.best_epoch}")
+                stopped_early = True
+                break
+
+    plot()
+    # The best weights (the Keras `restore_best_weights` users expect) are what we test and keep.
+    best = run_dir / "checkpoints" / "best.msgpack"
+    meta, arrays = checkpoint.load(best)
+    best_state = checkpoint.unflatten_into(jax.device_get(state), arrays, str(best))
+    best_params = best_state.ema if cfg.ema else best_state.params
+    test_loss = test_acc = None
+    if ds.test is not None and len(ds.test.y):
+        test_loss, test_acc = evaluate_arrays(eval_step, best_params, best_state.rest, mesh, ds.test.x, ds.test.y, eval_bs)[:2]
+    steady = [r["images_per_s"] for r in loop.history[1:]] or [r["images_per_s"] for r in loop.history]
+    summary = {
+        "run_dir": str(run_dir),
+        "arch": cfg.arch,
+        "dataset": cfg.dataset,
+        "epochs": loop.epoch,
+        "best_epoch": loop.best_epoch,
+        "best_val_accuracy": max((r["val_accuracy"] for r in loop.history if r["val_accuracy"] is not None), default=None),
+        "best_val_loss": min((r["val_loss"] for r in loop.history if r["val_loss"] is not None), default=None),
+        "final_train_accuracy": loop.history[-1]["train_accuracy"],
+        "test_accuracy": test_acc,
+        "test_loss": test_loss,
+        "stopped_early": stopped_early,
+        "train_seconds": round(loop.train_seconds, 2),
+        "wall_seconds": round(time.monotonic() - t_start, 2),
+        "images_per_s": float(np.median(steady)),
+        "parameters": int(sum(np.size(p) for p in jax.tree.leaves(best_params))),
+    }
+    write_json(run_dir / "metrics.json", summary)
+    return summary
+
+
+class KeyboardInterruptSaved(CnnError):
+    def __init__(self, run_dir: Path):
+        super().__init__(f"interrupted; checkpoint saved. Continue with: cnn train --resume {run_dir}", exit_code=130)
+
+
+class _Interrupt:
+    """First Ctrl-C: finish the current step, save, exit. Second Ctrl-C: stop at once."""
+
+    def __init__(self):
+        self.hit = False
+
+    def __enter__(self):
+        self._old = None
+        if threading.current_thread() is threading.main_thread():
+            self._old = signal.signal(signal.SIGINT, self._handler)
+        return self
+
+    def _handler(self, *_):
+        if self.hit:
+            raise KeyboardInterrupt
+        self.hit = True
+
+    def __exit__(self, *exc):
+        if self._old is not None:
+            signal.signal(signal.SIGINT, self._old)
+        return False
+
+
+def _nan_stop(epoch: int, step: int, run_dir: Path):
+    last = run_dir / "checkpoints" / "last.msgpack"
+    kept = f"the last good checkpoint is {last}" if last.exists() else "no checkpoint was written"
+    raise CnnError(f"loss became NaN/inf at epoch {epoch}, step {step}; training stopped ({kept}). "
+                   f"Try a lower --lr.", exit_code=3)
+
+
+def _improved(monitor: str, row: dict, best) -> bool:
+    v = row.get(monitor)
+    if v is None:  # no validation split: the newest epoch is the best we know
+        return True
+    if best is None:
+        return True
+    return v > best if monitor == "val_accuracy" else v < best
+
+
+def _init_from(src: str, params, rest):
+    """Copy every layer whose path and shape match from another run (transfer learning)."""
+    src_dir = Path(src)
+    meta, arrays = checkpoint.load(src_dir / "checkpoints" / "best.msgpack"
+                                   if (src_dir / "checkpoints" / "best.msgpack").exists()
+                                   else src_dir / "checkpoints" / "last.msgpack")
+    copied, fresh = 0, []
+
+    def take(prefix, tree):
+        nonlocal copied
+        flat = checkpoint.flatten(tree)
+        for k, v in flat.items():
+            src_v = arrays.get(f"{prefix}/{k}")
+            if src_v is not None and src_v.shape == v.shape:
+                flat[k] = src_v
+                copied += 1
+            elif prefix == "params":
+                fresh.append(k)
+        return checkpoint.unflatten_into(tree, flat, src)
+
+    params, rest = take("params", params), take("rest", rest)
+    if not copied:
+        raise CnnError(f"nothing in {src} matches this architecture; --init-from needs a run of the same arch")
+    note = f"initialised from {src}: {copied} arrays copied"
+    if fresh:
+        note += f"; re-initialised: {', '.join(sorted(set(k.rsplit('/', 1)[0] for k in fresh)))}"
+    return params, rest, note
+
+
+def _head_mask(params):
+    """True for the classifier head's parameters (trained), False for the features (frozen).
+
+    The head is the last layer that has parameters: every architecture is a `SeqNet` whose
+    parameters live under `layers/<index>/`.
+    """
+    def layer_of(path):
+        parts = checkpoint.path_str(path).split("/")[:-1]
+        return tuple(int(p) if p.isdigit() else p for p in parts)
+
+    head = max(layer_of(p) for p, _ in jax.tree_util.tree_flatten_with_path(params)[0])
+    return jax.tree_util.tree_map_with_path(lambda p, _: layer_of(p) == head, params)
+
+
+def _data_record(ds, mean, std) -> dict:
+    return {
+        "name": ds.name, "classes": list(ds.classes), "input_shape": list(ds.shape),
+        "mean": list(mean), "std": list(std), "fingerprint": ds.fingerprint,
+        "sizes": {k: (0 if getattr(ds, k) is None else int(len(getattr(ds, k).y))) for k in ("train", "val", "test")},
+    }
+
+
+def _provenance(cfg, mesh, steps_per_epoch, bs) -> dict:
+    import platform
+
+    import flax
+    import optax
+
+    return {
+        "resolved_lr": cfg.lr if cfg.lr is not None else DEFAULT_LR[cfg.optimizer],
+        "effective_batch_size": bs,
+        "steps_per_epoch": steps_per_epoch,
+        "devices": [str(d) for d in mesh.devices.flat],
+        "versions": {"jax": jax.__version__, "flax": flax.__version__, "optax": optax.__version__,
+                     "numpy": np.__version__, "python": platform.python_version()},
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }

@@ -1,0 +1,71 @@
+"""Optimizers and learning-rate schedules (Optax), with the Keras defaults the seeds trained with."""
+
+from __future__ import annotations
+
+import jax
+import optax
+
+from .config import TrainConfig
+
+# Keras 3 defaults: the seeds' numbers depend on them (Adadelta and Adagrad at lr 1e-3 learn slowly,
+# which is what seed 001's optimizer study observed).
+DEFAULT_LR = {
+    "adam": 1e-3, "adamw": 1e-3, "nadam": 1e-3, "rmsprop": 1e-3,
+    "sgd": 1e-2, "adadelta": 1e-3, "adagrad": 1e-3,
+}
+KERAS_EPS = 1e-7
+
+
+def learning_rate(cfg: TrainConfig, steps_per_epoch: int):
+    """The schedule as a function of the step (or a constant)."""
+    peak = cfg.lr if cfg.lr is not None else DEFAULT_LR[cfg.optimizer]
+    total = max(cfg.epochs * steps_per_epoch, 1)
+    warmup = int(cfg.warmup_epochs * steps_per_epoch)
+    if cfg.schedule == "constant":
+        if warmup:
+            return optax.join_schedules(
+                [optax.linear_schedule(0.0, peak, warmup), optax.constant_schedule(peak)], [warmup]
+            )
+        return peak
+    if cfg.schedule == "cosine":
+        return optax.warmup_cosine_decay_schedule(0.0, peak, warmup, max(total, warmup + 1), end_value=0.0)
+    # onecycle: linear up to the peak, linear down to zero (the triangle airbench uses).
+    up = warmup or max(int(0.25 * total), 1)
+    return optax.join_schedules(
+        [optax.linear_schedule(peak * 0.1, peak, up), optax.linear_schedule(peak, 0.0, max(total - up, 1))], [up]
+    )
+
+
+def _kernel_mask(params):
+    # Decay weights (conv kernels, dense matrices), not biases or BatchNorm scales.
+    return jax.tree.map(lambda p: p.ndim > 1, params)
+
+
+def make_optimizer(cfg: TrainConfig, steps_per_epoch: int, trainable_mask=None) -> optax.GradientTransformation:
+    lr = learning_rate(cfg, steps_per_epoch)
+    name = cfg.optimizer
+    if name == "adam":
+        tx = optax.adam(lr, eps=KERAS_EPS)
+    elif name == "adamw":
+        tx = optax.adamw(lr, eps=KERAS_EPS, weight_decay=cfg.weight_decay or 1e-4, mask=_kernel_mask)
+    elif name == "nadam":
+        tx = optax.nadam(lr, eps=KERAS_EPS)
+    elif name == "rmsprop":
+        tx = optax.rmsprop(lr, decay=0.9, eps=KERAS_EPS, eps_in_sqrt=False)
+    elif name == "sgd":
+        tx = optax.sgd(lr, momentum=cfg.momentum or None, nesterov=cfg.momentum > 0)
+    elif name == "adadelta":
+        tx = optax.adadelta(lr, rho=0.95, eps=KERAS_EPS)
+    else:  # adagrad
+        tx = optax.adagrad(lr, initial_accumulator_value=0.1, eps=KERAS_EPS)
+    if cfg.weight_decay and name != "adamw":
+        # L2 on the gradient (coupled), as PyTorch's and Keras 2's `weight_decay`; AdamW decouples it.
+        tx = optax.chain(optax.add_decayed_weights(cfg.weight_decay, mask=_kernel_mask), tx)
+    if trainable_mask is not None:
+        # Transfer learning: frozen parameters get zero updates and no optimizer state.
+        tx = optax.multi_transform(
+            {"train": tx, "freeze": optax.set_to_zero()},
+            jax.tree.map(lambda t: "train" if t else "freeze", trainable_mask),
+        )
+    return tx
+

@@ -1,0 +1,149 @@
+"""Run directories: the unit every command reads. `config.json` alone rebuilds model and preprocessing.
+
+runs/train/<name>/  config.json  history.csv  metrics.json  curves.png  checkpoints/{last,best}.msgpack
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import CnnError
+from ..fsutil import write_text
+
+HISTORY_FIELDS = [
+    "epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy",
+    "lr", "seconds", "elapsed_seconds", "images_per_s",
+]
+
+
+def new_run_dir(out: str, name: str) -> Path:
+    """`out/name`, or `out/name-2`, `-3`, ... if taken (Ultralytics' auto-numbering)."""
+    base = Path(out)
+    base.mkdir(parents=True, exist_ok=True)
+    for i in range(1, 10_000):
+        d = base / (name if i == 1 else f"{name}-{i}")
+        try:
+            d.mkdir()  # atomic claim: two runs started together never share a directory
+            return d
+        except FileExistsError:
+            continue
+    raise CnnError(f"too many runs named {name!r} in {base}")
+
+
+def write_history(run_dir: Path, rows: list[dict]) -> None:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=HISTORY_FIELDS, extrasaction="ignore")
+    w.writeheader()
+    for r in rows:
+        w.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in HISTORY_FIELDS})
+    write_text(run_dir / "history.csv", buf.getvalue())
+
+
+def read_history(run_dir: Path) -> list[dict]:
+    p = Path(run_dir) / "history.csv"
+    if not p.is_file():
+        return []
+    with open(p) as f:
+        return [{k: (float(v) if v not in ("", None) else None) for k, v in row.items()} for row in csv.DictReader(f)]
+
+
+def read_config(run_dir: Path) -> dict:
+    p = Path(run_dir) / "config.json"
+    if not p.is_file():
+        raise CnnError(f"{run_dir} is not a run directory (no config.json)")
+    try:
+        return json.loads(p.read_text())
+    except json.JSONDecodeError:
+        raise CnnError(f"{p} is not valid JSON") from None
+
+
+def latest_run(out: str = "runs/train") -> Path:
+    """The most recently modified run directory that has a checkpoint."""
+    base = Path(out)
+    runs = [d for d in base.glob("*") if (d / "config.json").is_file() and (d / "checkpoints").is_dir()] if base.is_dir() else []
+    if not runs:
+        raise CnnError(f"no trained run in {base}/; train one with `cnn train` or pass a run directory")
+    return max(runs, key=lambda d: (d / "config.json").stat().st_mtime)
+
+
+@dataclass
+class Run:
+    """A trained model ready to use: eval mode, weights loaded, with its preprocessing."""
+
+    dir: Path
+    config: dict
+    model: object
+    classes: list[str]
+    input_shape: tuple[int, int, int]
+    binary_head: bool
+    mean: tuple
+    std: tuple
+
+    def preprocess(self, x_uint8):
+        """uint8 NHWC -> the float batch the model was trained on."""
+        from .augment import normalize, to_unit
+
+        return normalize(to_unit(x_uint8), self.mean, self.std)
+
+    def probabilities(self, x_uint8, batch_size: int = 256):
+        """Class probabilities (N, K) for uint8 images, in jitted batches of fixed size."""
+        import numpy as np
+
+        from .step import make_eval_step, split
+
+        if not hasattr(self, "_eval"):
+            _, geval, params, rest = split(self.model)
+            self.model.eval()
+            self._state = (params, rest)
+            self._eval = make_eval_step(geval, binary=self.binary_head, mean=self.mean, std=self.std)
+        out = []
+        n = len(x_uint8)
+        for i in range(0, n, batch_size):
+            xb = np.asarray(x_uint8[i : i + batch_size])
+            m = len(xb)
+            bs = min(batch_size, max(n, 1))
+            if m < bs:  # pad to one shape so the step compiles once
+                xb = np.concatenate([xb, np.zeros((bs - m, *xb.shape[1:]), xb.dtype)])
+            _, _, probs = self._eval(*self._state, xb, np.zeros(len(xb), np.int32), np.zeros(len(xb), np.float32))
+            out.append(np.asarray(probs)[:m])
+        return np.concatenate(out) if out else np.zeros((0, len(self.classes)), np.float32)
+
+
+def load_run(run_dir, which: str = "best") -> Run:
+    """Rebuild the model from `config.json` and load `checkpoints/<which>` (falls back to `last`)."""
+    from ..models import create_model, get_arch
+    from . import checkpoint
+    from .step import split
+
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise CnnError(f"run directory {run_dir} does not exist")
+    cfg = read_config(run_dir)
+    ckpt = run_dir / "checkpoints" / f"{which}.msgpack"
+    if not ckpt.is_file():
+        ckpt = run_dir / "checkpoints" / "last.msgpack"
+    meta, arrays = checkpoint.load(ckpt)
+    data = cfg["data"]
+    model = create_model(cfg["arch"], tuple(data["input_shape"]), len(data["classes"]),
+                         activation=cfg.get("activation"), dropout=cfg.get("dropout"), seed=cfg.get("seed", 0))
+    _, _, params, rest = split(model)
+    key = "ema" if meta.get("use_ema") else "params"
+    params = checkpoint.unflatten_into(params, _sub(arrays, key), f"{ckpt}")
+    rest = checkpoint.unflatten_into(rest, _sub(arrays, "rest"), f"{ckpt}")
+    from flax import nnx
+
+    nnx.update(model, params, rest)
+    model.eval()
+    return Run(run_dir, cfg, model, list(data["classes"]), tuple(data["input_shape"]),
+               get_arch(cfg["arch"]).binary_head and len(data["classes"]) == 2,
+               tuple(data["mean"]), tuple(data["std"]))
+
+
+def _sub(arrays: dict, prefix: str) -> dict:
+    """The entries under `prefix/` of a flat checkpoint, with the prefix removed."""
+    p = prefix + "/"
+    return {k[len(p):]: v for k, v in arrays.items() if k.startswith(p)}

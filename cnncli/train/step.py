@@ -1,0 +1,112 @@
+"""The jitted train and eval steps (functional: `nnx.split` + `jax.jit`, 5-20% faster on CPU than `nnx.jit`).
+
+State is a plain pytree: trainable params, the rest of the model state (BatchNorm statistics,
+dropout RNG), the Optax state and an optional EMA of the params. Metrics are running sums that
+stay on the device; the host reads them once per progress refresh.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+from .augment import augment, normalize, to_unit
+
+
+class TrainState(NamedTuple):
+    params: Any
+    rest: Any  # BatchNorm statistics, dropout RNG counters
+    opt_state: Any
+    ema: Any  # EMA of params (or None)
+
+
+# Running sums: loss, correct, count, first non-finite step (+inf while none).
+def zero_metrics():
+    return jnp.zeros((3,), jnp.float32), jnp.array(jnp.inf, jnp.float32)
+
+
+def split(model):
+    """(train graphdef, eval graphdef, params, rest): the two graphdefs differ only in mode flags."""
+    model.train()
+    gtrain, params, rest = nnx.split(model, nnx.Param, ...)
+    model.eval()
+    geval = nnx.graphdef(model)
+    return gtrain, geval, params, rest
+
+
+def per_example_loss(logits, y, binary: bool, smoothing: float = 0.0):
+    """Cross-entropy per example and the predicted class; a one-unit head uses the sigmoid (BCE)."""
+    logits = logits.astype(jnp.float32)
+    if binary:
+        z = logits[:, 0]
+        target = y.astype(jnp.float32) * (1.0 - smoothing) + 0.5 * smoothing
+        return optax.sigmoid_binary_cross_entropy(z, target), (z > 0).astype(jnp.int32)
+    onehot = jax.nn.one_hot(y, logits.shape[-1])
+    if smoothing:
+        onehot = optax.smooth_labels(onehot, smoothing)
+    return optax.softmax_cross_entropy(logits, onehot), jnp.argmax(logits, -1).astype(jnp.int32)
+
+
+def probabilities(logits, binary: bool):
+    """Class probabilities (N, K); a binary head's P(class 1) becomes [1 - p, p]."""
+    logits = logits.astype(jnp.float32)
+    if binary:
+        p = jax.nn.sigmoid(logits[:, 0])
+        return jnp.stack([1.0 - p, p], axis=-1)
+    return jax.nn.softmax(logits, -1)
+
+
+def make_train_step(gtrain, tx, *, binary, mean, std, augment_ops=(), smoothing=0.0, ema_decay=0.0,
+                    precision="fp32", seed=0):
+    """step(state, metrics, x_uint8, y, step) -> (state, metrics). Jitted; state and metrics donated."""
+    base_key = jax.random.key(seed + 7919)
+    compute_dtype = jnp.bfloat16 if precision == "bf16" else jnp.float32
+
+    def step_fn(state: TrainState, metrics, x, y, step):
+        x = to_unit(x)
+        if augment_ops:
+            x = augment(jax.random.fold_in(base_key, step), x, augment_ops)
+        x = normalize(x, mean, std).astype(compute_dtype)
+
+        def loss_fn(params, rest):
+            if compute_dtype != jnp.float32:  # mixed precision: fp32 master weights, low-precision compute
+                params = jax.tree.map(lambda p: p.astype(compute_dtype), params)
+            model = nnx.merge(gtrain, params, rest, copy=True)
+            losses, pred = per_example_loss(model(x), y, binary, smoothing)
+            _, _, new_rest = nnx.split(model, nnx.Param, ...)
+            return losses.mean(), (losses, pred, new_rest)
+
+        (loss, (losses, pred, rest)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, state.rest)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)  # new params; the old buffers are donated
+        ema = state.ema
+        if ema_decay:
+            ema = jax.tree.map(lambda e, p: ema_decay * e + (1.0 - ema_decay) * p, ema, params)
+        sums, bad_step = metrics
+        sums = sums + jnp.stack([losses.sum(), (pred == y).sum().astype(jnp.float32), float(y.shape[0])])
+        bad_step = jnp.where(jnp.isfinite(loss) | jnp.isfinite(bad_step), bad_step, step.astype(jnp.float32))
+        return TrainState(params, rest, opt_state, ema), (sums, bad_step)
+
+    return jax.jit(step_fn, donate_argnums=(0, 1))
+
+
+def make_eval_step(geval, *, binary, mean, std, tta_flip=False):
+    """eval(params, rest, x_uint8, y, weight) -> (loss_sum, correct, probs). Padding rows have weight 0."""
+
+    def eval_fn(params, rest, x, y, w):
+        x = normalize(to_unit(x), mean, std)
+        model = nnx.merge(geval, params, rest, copy=True)
+        logits = model(x)
+        probs = probabilities(logits, binary)
+        losses = per_example_loss(logits, y, binary)[0]
+        if tta_flip:  # average with the mirror image (photos only)
+            probs = 0.5 * (probs + probabilities(model(x[:, :, ::-1, :]), binary))
+            losses = -jnp.log(jnp.clip(jnp.take_along_axis(probs, y[:, None], 1)[:, 0], 1e-7, 1.0))
+        correct = (jnp.argmax(probs, -1) == y).astype(jnp.float32)
+        return (losses * w).sum(), (correct * w).sum(), probs
+
+    return jax.jit(eval_fn)
