@@ -1,0 +1,296 @@
+"""`cnn download`: get a data set's official files into `<data_dir>/<name>/`, then fill the cache.
+
+Three ways, tried in this order:
+- `--from PATH`: files or folders the user already has (the formats of `sources.py`) are
+  imported into `<data_dir>/<name>/` in the documented layout (hard-linked when on the same
+  file system, else copied; each file or folder appears atomically). They are checked first,
+  so nothing broken is imported. After that the data set loads without any option, like a
+  downloaded one; a second import of the same files does nothing.
+- files already under `<data_dir>/<name>/` or a TFDS copy: nothing is fetched.
+- online: TFDS's download manager fetches the official files (no TensorFlow needed) and our
+  own readers read them. A socket probe first checks, within seconds, that the download host
+  can be reached: offline, TFDS would retry for minutes before failing.
+`<data_dir>` is `--data-dir`, else $CNN_DATA_DIR, else ~/.cache/cnn/data.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import tarfile
+import threading
+from collections import Counter
+from pathlib import Path
+from urllib.parse import urlparse
+
+from ..errors import CnnError
+from ..fsutil import atomic_path
+from . import folders, readers
+from .loader import Dataset, load_dataset
+from .registry import DatasetSpec, default_data_dir, get_spec
+from .sources import locate
+
+PROBE_ENV = "CNN_DOWNLOAD_PROBE"  # "host:port" to probe instead of the download host (tests: a closed local port)
+PROBE_TIMEOUT = 4.0  # seconds for the connection probe, DNS included
+
+
+def download(name: str, *, data_dir=None, from_path=None, image_size: int | None = None) -> Dataset:
+    """Make `name` available locally (import, find or fetch its files) and fill the cache."""
+    spec = get_spec(name)
+    if spec.folder is not None:
+        raise CnnError(f"{name} is a folder: it is read where it is, there is nothing to download")
+    root = Path(data_dir).expanduser() if data_dir else default_data_dir()
+    if from_path is not None:
+        if not spec.urls:
+            raise CnnError(f"{spec.name} ships with scikit-learn; there are no files to import")
+        import_files(spec, Path(from_path).expanduser(), root / spec.name)
+    elif spec.urls and locate(spec, root) is None:
+        fetch_official(spec, root / spec.name)
+    return load_dataset(spec.name, data_dir=root, image_size=image_size)
+
+
+# --- online -------------------------------------------------------------------------------------
+
+
+def fetch_official(spec: DatasetSpec, dest: Path) -> None:
+    """Download the official files of `spec` with TFDS's download manager into `dest`."""
+    check_online(spec)
+    import tensorflow_datasets as tfds
+
+    staging = dest / ".downloads"
+    manager = tfds.download.DownloadManager(download_dir=staging)
+    urls = {Path(urlparse(u).path).name: u for u in spec.urls}
+    try:
+        paths = manager.download(urls)
+    except Exception as e:  # noqa: BLE001 - whatever TFDS raises, the user sees one line
+        raise CnnError(f"download of {spec.name} failed: {str(e).splitlines()[0][:200]}") from None
+    for fname, path in paths.items():
+        os.replace(path, dest / fname)  # same folder tree: an atomic rename
+    shutil.rmtree(staging, ignore_errors=True)
+
+
+def check_online(spec: DatasetSpec) -> None:
+    """Raise a CnnError within seconds when the download host (or proxy) cannot be reached."""
+    host, port = probe_target(spec.urls[0])
+    error = _probe(host, port)
+    if error:
+        raise CnnError(
+            f"offline: cannot reach {host}:{port} ({error}), so {spec.name} cannot be downloaded. "
+            f"Use files you already have: `cnn download {spec.name} --from PATH`, or put them under "
+            f"--data-dir DIR / $CNN_DATA_DIR as <data_dir>/{spec.layout}"
+        )
+
+
+def probe_target(url: str) -> tuple[str, int]:
+    """(host, port) to probe: $CNN_DOWNLOAD_PROBE, else the HTTPS proxy, else the URL's host."""
+    override = os.environ.get(PROBE_ENV)
+    proxy = os.environ.get("HTTPS_PROXY") or os.environ.get("https_proxy")
+    target = override or proxy or url
+    parsed = urlparse(target if "://" in target else f"//{target}")
+    return parsed.hostname or "", parsed.port or 443
+
+
+def _probe(host: str, port: int) -> str | None:
+    """None if a TCP connection opens within PROBE_TIMEOUT, else why not.
+
+    The connect runs in a thread because name resolution ignores socket timeouts and can
+    hang far longer on a machine without network.
+    """
+    result = {"error": f"no answer within {PROBE_TIMEOUT:g} s"}
+
+    def connect():
+        try:
+            socket.create_connection((host, port), timeout=PROBE_TIMEOUT).close()
+            result["error"] = None
+        except OSError as e:
+            result["error"] = e.strerror or type(e).__name__
+
+    thread = threading.Thread(target=connect, daemon=True)
+    thread.start()
+    thread.join(PROBE_TIMEOUT + 1)
+    return result["error"]
+
+
+# --- --from PATH --------------------------------------------------------------------------------
+
+
+def import_files(spec: DatasetSpec, src: Path, dest: Path) -> list[Path]:
+    """Check `src` and import it into `dest` in the documented layout; returns what was placed."""
+    if not src.exists():
+        raise CnnError(f"--from {src}: no such file or folder")
+    placed = []
+    for item, target in _plan(spec, src.resolve(), dest):
+        _place(item, target)
+        placed.append(target)
+    return placed
+
+
+def _plan(spec, src: Path, dest: Path) -> list[tuple[Path, Path]]:
+    """[(source file or folder, where it goes)] after checking that `src` holds `spec`'s data."""
+    planner = {"mnist": _plan_mnist, "cifar10": _plan_cifar, "cats_vs_dogs": _plan_cats}[spec.name]
+    plan = planner(spec, src, dest)
+    if not plan:
+        raise CnnError(f"--from {src}: no {spec.name} files recognised; expected {spec.layout}")
+    return plan
+
+
+def _plan_mnist(spec, src, dest):
+    folder = src if src.is_dir() else src.parent
+    files = readers.find_mnist(folder)
+    if files is None:
+        return []
+    readers.read_mnist(files)  # checks magic numbers and sizes before anything is copied
+    return [(p, dest / p.name) for pair in files.values() for p in pair]
+
+
+def _plan_cifar(spec, src, dest):
+    if src.is_file():
+        kind = _cifar_archive_kind(src)
+        reader = readers.read_cifar_bin if kind == "bin" else readers.read_cifar_py
+        reader(src)
+        return [(src, dest / f"cifar-10-{'binary' if kind == 'bin' else 'python'}.tar.gz")]
+    for sub in ("cifar-10-batches-bin", "cifar-10-batches-py"):
+        if (src / sub).is_dir():
+            src = src / sub
+    if (src / "data_batch_1.bin").is_file():
+        readers.read_cifar_bin(src)
+        return [(src, dest / "cifar-10-batches-bin")]
+    if (src / "data_batch_1").is_file():
+        readers.read_cifar_py(src)
+        return [(src, dest / "cifar-10-batches-py")]
+    return _plan_split_folders(spec, src, dest)
+
+
+def _plan_cats(spec, src, dest):
+    if src.is_file():
+        folders.list_zip(src, list(spec.classes), r"^(?:.*/)?PetImages/(Cat|Dog)/[^/]+$")
+        name = src.name if src.name.startswith("kagglecatsanddogs") else "kagglecatsanddogs.zip"
+        return [(src, dest / name)]
+    if (src / "PetImages").is_dir():
+        src = src / "PetImages"
+    if src.name == "PetImages":
+        folders.list_folder(src, list(spec.classes))
+        return [(src, dest / "PetImages")]
+    return _plan_split_folders(spec, src, dest)
+
+
+def _plan_split_folders(spec, src, dest):
+    if not folders.has_split_dirs(src):
+        return []
+    folders.list_folder(src, list(spec.classes))
+    return [(src / s, dest / s) for s in ("train", "val", "test") if (src / s).is_dir()]
+
+
+def _cifar_archive_kind(path: Path) -> str:
+    """'bin' or 'py': which CIFAR-10 archive a .tar.gz is, from its member names."""
+    try:
+        with tarfile.open(path, "r:*") as tar:
+            names = {Path(m.name).name for m in tar.getmembers()}
+    except (OSError, tarfile.TarError, EOFError) as e:
+        raise CnnError(f"--from {path}: not a readable .tar.gz ({e})") from None
+    if "data_batch_1.bin" in names:
+        return "bin"
+    if "data_batch_1" in names:
+        return "py"
+    raise CnnError(f"--from {path}: no CIFAR-10 batches in this archive")
+
+
+def _place(item: Path, target: Path) -> None:
+    """Put a file or folder at `target` (link, else copy), atomically; identical ones are kept."""
+    if target.exists() and item.resolve() == target.resolve():
+        return
+    if target.exists():
+        if _same_tree(item, target):
+            return
+        raise CnnError(f"{target} already exists and differs from {item}; remove it or use another --data-dir")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if item.is_file():
+        _link_or_copy_file(item, target)
+        return
+    staging = target.parent / f".{target.name}.importing-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    try:
+        shutil.copytree(item, staging, copy_function=_link_or_copy)
+        os.rename(staging, target)  # the whole folder appears at once
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _link_or_copy_file(src: Path, dst: Path) -> None:
+    with atomic_path(dst) as tmp:
+        os.unlink(tmp)
+        _link_or_copy(src, tmp)
+
+
+def _link_or_copy(src, dst) -> None:
+    """A hard link costs no space or time; across file systems, copy instead."""
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+def _same_tree(a: Path, b: Path) -> bool:
+    """Same relative file names and sizes (a re-import of the same files)."""
+
+    def listing(p: Path):
+        if p.is_file():
+            return {"": p.stat().st_size}
+        return {str(f.relative_to(p)): f.stat().st_size for f in p.rglob("*") if f.is_file()}
+
+    return a.is_file() == b.is_file() and listing(a) == listing(b)
+
+
+# --- the report ---------------------------------------------------------------------------------
+
+
+def summary(ds: Dataset) -> dict:
+    """What `cnn download` reports: images per split and class, skipped files by reason."""
+    reasons = Counter(s["reason"] for s in ds.info["skipped"])
+    return {
+        "name": ds.name,
+        "classes": ds.classes,
+        "shape": list(ds.shape),
+        "source": ds.info["source"],
+        "cache": ds.info["cache"],
+        "fingerprint": ds.fingerprint,
+        "test_split": ds.info["test_split"],
+        "counts": ds.info["counts"],
+        "skipped": dict(reasons.most_common()),
+        "skipped_files": ds.info["skipped"],
+        "mean": list(ds.mean),
+        "std": list(ds.std),
+    }
+
+
+def write_samples(ds: Dataset, path: Path, per_class: int = 8, max_classes: int = 10) -> Path:
+    """A PNG grid of training images, one labelled row per class; written atomically.
+
+    The tiles are pasted into one mosaic and drawn with a single imshow: one axes per image
+    would cost seconds in matplotlib.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    h, w, c = ds.shape
+    pad = max(1, h // 16)
+    rows = min(ds.num_classes, max_classes)
+    mosaic = np.full((rows * (h + pad) + pad, per_class * (w + pad) + pad, 3), 255, np.uint8)
+    y = np.asarray(ds.train.y)
+    for r in range(rows):
+        for col, i in enumerate(np.flatnonzero(y == r)[:per_class]):
+            top, left = pad + r * (h + pad), pad + col * (w + pad)
+            mosaic[top : top + h, left : left + w] = np.asarray(ds.train.x[i])  # (h, w, 1) broadcasts to RGB
+    fig, ax = plt.subplots(figsize=(min(12, 1 + per_class * 1.0), min(14, 0.6 + rows * 1.0)))
+    ax.imshow(mosaic, interpolation="nearest")
+    ax.set_xticks([])
+    ax.set_yticks([pad + r * (h + pad) + h / 2 for r in range(rows)], ds.classes[:rows])
+    ax.set_title(f"{ds.name}: training samples, {h}x{w}x{c}", fontsize=10)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    return path

@@ -1,0 +1,160 @@
+"""Decoding one image: the single function that training photos and `cnn predict` share.
+
+Pillow decodes, the EXIF orientation is applied, the image is converted to RGB or L and,
+when a size is asked for, resized with BILINEAR. Using this one function everywhere means
+a photo at prediction time is resized exactly as the training photos were.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from ..errors import CnnError
+
+IMAGE_EXTS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
+JPEG_EXTS = frozenset({".jpg", ".jpeg"})
+MODES = ("RGB", "L")
+# Modes whose pixels carry no colour: a folder made only of these loads as one channel.
+GRAY_MODES = frozenset({"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F"})
+
+
+class BadImage(CnnError):
+    """A file that is not a decodable image; `reason` is a short phrase fit for counting."""
+
+    def __init__(self, label: str, reason: str):
+        super().__init__(f"{label}: {reason}" if label else reason)
+        self.reason = reason
+
+
+def decode_image(path_or_bytes, size=None, mode: str = "RGB") -> np.ndarray:
+    """Decode a file path or encoded bytes into uint8 (H, W, C); C is 3 for RGB, 1 for L.
+
+    `size` is (H, W) (or one int for a square); None keeps the image's own size.
+    Raises `BadImage` (a CnnError) with a one-line reason for empty, truncated, non-image
+    or decompression-bomb input.
+    """
+    if mode not in MODES:
+        raise CnnError(f"image mode must be one of {', '.join(MODES)}, not {mode!r}")
+    label, data = _read(path_or_bytes)
+    img = open_image(data, label)
+    return to_array(img, _hw(size), mode, label)
+
+
+def open_image(data: bytes, label: str = "") -> Image.Image:
+    """Open and fully decode encoded bytes with Pillow, EXIF orientation applied."""
+    if not data:
+        raise BadImage(label, "empty file")
+    try:
+        # Pillow only warns between 1x and 2x its pixel limit; a data set must not eat the memory.
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data))
+            img.load()
+            return ImageOps.exif_transpose(img)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise BadImage(label, "too many pixels (decompression bomb)") from None
+    except UnidentifiedImageError:
+        raise BadImage(label, f"not an image ({sniff(data)})") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as e:
+        reason = "truncated" if "truncated" in str(e).lower() else f"corrupt ({str(e).splitlines()[0][:60]})"
+        raise BadImage(label, reason) from None
+
+
+def to_array(img: Image.Image, size: tuple[int, int] | None, mode: str, label: str = "") -> np.ndarray:
+    """Convert a decoded Pillow image to `mode`, resize to (H, W) with BILINEAR, return uint8 HWC."""
+    try:
+        if img.mode != mode:
+            with warnings.catch_warnings():
+                # "Palette images with transparency ... should be converted to RGBA": harmless here.
+                warnings.simplefilter("ignore", UserWarning)
+                img = img.convert(mode)
+        if size is not None and img.size != (size[1], size[0]):
+            img = img.resize((size[1], size[0]), Image.BILINEAR)
+        arr = np.asarray(img, dtype=np.uint8)
+    except (OSError, ValueError) as e:
+        raise BadImage(label, f"corrupt ({str(e).splitlines()[0][:60]})") from None
+    return arr[..., None] if arr.ndim == 2 else arr
+
+
+def resize_array(x: np.ndarray, size: tuple[int, int] | None) -> np.ndarray:
+    """Resize one uint8 HWC array exactly as `decode_image` resizes a decoded file."""
+    if size is None or x.shape[:2] == tuple(size):
+        return x
+    mode = "L" if x.shape[-1] == 1 else "RGB"
+    img = Image.fromarray(x[..., 0] if mode == "L" else x, mode)
+    return to_array(img, size, mode)
+
+
+def check_named_format(name: str, data: bytes) -> str | None:
+    """A reason to skip a data set file whose bytes are not what its name says, else None.
+
+    A .jpg that holds HTML or a PNG is skipped rather than trusted: in scraped photo sets
+    such files are error pages and placeholders, not photos of the class.
+    """
+    if not data:
+        return "empty file"
+    ext = os.path.splitext(name)[1].lower()  # not pathlib: this runs once per file of 60,000
+    if ext in JPEG_EXTS and not data.startswith(b"\xff\xd8\xff"):
+        return f"named {ext} but is {sniff(data)}"
+    return None
+
+
+def sniff(data: bytes) -> str:
+    """Name the format of encoded bytes from their first bytes (for skip reasons)."""
+    head = data[:64]
+    if not head:
+        return "empty"
+    for magic, kind in _MAGIC:
+        if head.startswith(magic):
+            return kind
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "WEBP"
+    text = head.lstrip().lower()
+    if text.startswith((b"<!doctype html", b"<html", b"<head", b"<body")):
+        return "HTML"
+    if text.startswith(b"<"):
+        return "markup"
+    return "unknown data"
+
+
+_MAGIC = (
+    (b"\xff\xd8\xff", "JPEG"),
+    (b"\x89PNG\r\n\x1a\n", "PNG"),
+    (b"GIF8", "GIF"),
+    (b"BM", "BMP"),
+    (b"II*\x00", "TIFF"),
+    (b"MM\x00*", "TIFF"),
+)
+
+
+def _read(path_or_bytes) -> tuple[str, bytes]:
+    """(label for messages, bytes) of a path or of bytes already in memory."""
+    if isinstance(path_or_bytes, (bytes, bytearray, memoryview)):
+        return "", bytes(path_or_bytes)
+    path = Path(os.fspath(path_or_bytes))
+    try:
+        return str(path), path.read_bytes()
+    except FileNotFoundError:
+        raise CnnError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise CnnError(f"{path}: is a folder, not an image") from None
+    except OSError as e:
+        raise CnnError(f"{path}: cannot read ({e.strerror})") from None
+
+
+def _hw(size) -> tuple[int, int] | None:
+    """Normalise a size argument to (H, W)."""
+    if size is None:
+        return None
+    if isinstance(size, int):
+        size = (size, size)
+    h, w = (int(s) for s in size)
+    if h < 1 or w < 1:
+        raise CnnError(f"image size must be positive, not {size}")
+    return h, w

@@ -1,0 +1,36 @@
+"""Shared test settings: where the real data sets are.
+
+The real data lives beside the repository, in ../shared/data (see its README.md). When that
+folder exists, CNN_DATA_DIR points at it for the whole session (subprocesses inherit it);
+tests that need it take the `data_dir` fixture, which skips them when it is missing.
+The array cache is whatever CNN_CACHE_DIR says (CI keeps it inside the clone); tests that
+check caching take `fresh_cache` for an empty one of their own.
+"""
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = (REPO / ".." / "shared" / "data").resolve()
+
+if SHARED_DATA.is_dir():
+    os.environ["CNN_DATA_DIR"] = str(SHARED_DATA)
+
+
+@pytest.fixture
+def data_dir() -> Path:
+    """The real data sets folder ($CNN_DATA_DIR); skips the test when it is not there."""
+    path = Path(os.environ.get("CNN_DATA_DIR", SHARED_DATA))
+    if not (path / "mnist").is_dir():
+        pytest.skip(f"real data not found at {path} (set CNN_DATA_DIR)")
+    return path
+
+
+@pytest.fixture
+def fresh_cache(tmp_path, monkeypatch) -> Path:
+    """An empty array cache for this test only."""
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("CNN_CACHE_DIR", str(cache))
+    return cache
