@@ -137,6 +137,9 @@ def summary(
 ) -> None:
     """Layers, output shapes, parameters, memory and FLOPs of an architecture, as Keras prints them."""
     from .console import Out
+    from .models.registry import get_arch
+
+    get_arch(arch)  # an unknown name fails before JAX is imported
     from .models.summary import dataset_input, parse_shape, summarize
 
     if (dataset is None) == (input_shape is None):

@@ -37,8 +37,9 @@ class Out:
         widths = [max(len(str(c)), *(len(r[i]) for r in rows)) if rows else len(str(c)) for i, c in enumerate(columns)]
         if title:
             self.console.print(title)
+        right = lambda i: i > 0 and justify_numbers  # noqa: E731
         line = lambda cells: "  ".join(  # noqa: E731
-            (str(c).ljust(w) if i == 0 else str(c).rjust(w)) for i, (c, w) in enumerate(zip(cells, widths))
+            (str(c).rjust(w) if right(i) else str(c).ljust(w)) for i, (c, w) in enumerate(zip(cells, widths))
         )
         self.console.print(line(columns).rstrip())
         for r in rows:

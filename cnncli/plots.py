@@ -101,3 +101,31 @@ def saliency(image, sal, path, title: str = "") -> Path:
     if title:
         fig.suptitle(title)
     return save(fig, path)
+
+
+def comparison(panels: dict, path, title: str = "") -> Path:
+    """`cnn compare`: per data set (a row), accuracy and loss of every variant on shared axes.
+
+    `panels` is {dataset: {variant: {"epoch": [...], "train_accuracy": [...], "val_accuracy": [...],
+    "train_loss": [...], "val_loss": [...], optional "<key>_std": [...]}}}. One colour per variant;
+    train solid, validation dashed; a band of ± std over seeds around validation when repeated.
+    """
+    import numpy as np
+
+    fig, axes = plt.subplots(len(panels), 2, figsize=(12, 4.2 * len(panels)), squeeze=False)
+    for row, (dataset, curves) in zip(axes, panels.items()):
+        for i, (label, c) in enumerate(curves.items()):
+            for ax, key in zip(row, ("accuracy", "loss")):
+                ax.plot(c["epoch"], c[f"train_{key}"], "-", color=f"C{i}", label=f"{label} train")
+                ax.plot(c["epoch"], c[f"val_{key}"], "--", marker="o", ms=3, color=f"C{i}", label=f"{label} val")
+                if f"val_{key}_std" in c:
+                    m, s = np.asarray(c[f"val_{key}"]), np.asarray(c[f"val_{key}_std"])
+                    ax.fill_between(c["epoch"], m - s, m + s, color=f"C{i}", alpha=0.15, linewidth=0)
+        for ax, key in zip(row, ("accuracy", "loss")):
+            ax.set(xlabel="epoch", ylabel=key, title=f"{dataset}: {key}")
+            ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=7)
+    if title:
+        fig.suptitle(title)
+    return save(fig, path)

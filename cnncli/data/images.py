@@ -69,6 +69,7 @@ def open_image(data: bytes, label: str = "") -> Image.Image:
 def to_array(img: Image.Image, size: tuple[int, int] | None, mode: str, label: str = "") -> np.ndarray:
     """Convert a decoded Pillow image to `mode`, resize to (H, W) with BILINEAR, return uint8 HWC."""
     try:
+        img = _flatten(img)
         if img.mode != mode:
             with warnings.catch_warnings():
                 # "Palette images with transparency ... should be converted to RGBA": harmless here.
@@ -80,6 +81,24 @@ def to_array(img: Image.Image, size: tuple[int, int] | None, mode: str, label: s
     except (OSError, ValueError) as e:
         raise BadImage(label, f"corrupt ({str(e).splitlines()[0][:60]})") from None
     return arr[..., None] if arr.ndim == 2 else arr
+
+
+def _flatten(img: Image.Image) -> Image.Image:
+    """Scale 16/32-bit greyscale to 8 bits and composite transparency onto white.
+
+    Pillow's own convert("L") clips 16-bit values at 255 (a photo turns white), and dropping alpha
+    turns a transparent background black (a drawn digit vanishes); white is what such images show on.
+    """
+    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+        a = np.asarray(img, dtype=np.float64)
+        top = 65535.0 if img.mode != "I" or a.max() > 255 else 255.0
+        img = Image.fromarray(np.clip(a * (255.0 / top) + 0.5, 0, 255).astype(np.uint8), "L")
+    if img.mode == "P" and "transparency" in img.info:
+        img = img.convert("RGBA")
+    if img.mode in ("RGBA", "LA", "PA"):
+        background = Image.new("RGBA", img.size, (255, 255, 255, 255))
+        img = Image.alpha_composite(background, img.convert("RGBA")).convert("RGB")
+    return img
 
 
 def resize_array(x: np.ndarray, size: tuple[int, int] | None) -> np.ndarray:

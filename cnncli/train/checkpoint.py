@@ -53,14 +53,14 @@ def unflatten_into(template, arrays: dict[str, np.ndarray], what: str):
         name = path_str(path)
         arr = arrays[name]
         if _is_key(leaf):
-            new.append(jax.random.wrap_key_data(arr, impl=jax.random.key_impl(leaf)))
+            new.append(jax.random.wrap_key_data(arr))  # the default (threefry) keys the models are built with
             continue
         if tuple(arr.shape) != tuple(np.shape(leaf)):
             raise CnnError(
                 f"{what}: layer {name!r} has shape {tuple(np.shape(leaf))} in the model but "
                 f"{tuple(arr.shape)} in the checkpoint (another architecture or input shape?)"
             )
-        new.append(arr.astype(np.asarray(leaf).dtype))
+        new.append(arr.astype(leaf.dtype))
     return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(template), new)
 
 

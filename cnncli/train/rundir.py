@@ -82,6 +82,7 @@ class Run:
     binary_head: bool
     mean: tuple
     std: tuple
+    tta_flip: bool = False  # predictions average the image and its mirror, as training's evaluation did
 
     def preprocess(self, x_uint8):
         """uint8 NHWC -> the float batch the model was trained on."""
@@ -99,7 +100,8 @@ class Run:
             _, geval, params, rest = split(self.model)
             self.model.eval()
             self._state = (params, rest)
-            self._eval = make_eval_step(geval, binary=self.binary_head, mean=self.mean, std=self.std)
+            self._eval = make_eval_step(geval, binary=self.binary_head, mean=self.mean, std=self.std,
+                                        tta_flip=self.tta_flip)
         out = []
         n = len(x_uint8)
         for i in range(0, n, batch_size):
@@ -115,7 +117,7 @@ class Run:
 
 def load_run(run_dir, which: str = "best") -> Run:
     """Rebuild the model from `config.json` and load `checkpoints/<which>` (falls back to `last`)."""
-    from ..models import create_model, get_arch
+    from ..models import abstract_model, get_arch
     from . import checkpoint
     from .step import split
 
@@ -128,19 +130,20 @@ def load_run(run_dir, which: str = "best") -> Run:
         ckpt = run_dir / "checkpoints" / "last.msgpack"
     meta, arrays = checkpoint.load(ckpt)
     data = cfg["data"]
-    model = create_model(cfg["arch"], tuple(data["input_shape"]), len(data["classes"]),
-                         activation=cfg.get("activation"), dropout=cfg.get("dropout"), seed=cfg.get("seed", 0))
-    _, _, params, rest = split(model)
+    from flax import nnx
+
+    # Shapes only (no initialisers run, nothing compiled): the checkpoint provides every value.
+    model = abstract_model(cfg["arch"], tuple(data["input_shape"]), len(data["classes"]),
+                           activation=cfg.get("activation"), dropout=cfg.get("dropout"), seed=cfg.get("seed", 0))
+    graphdef, _, params, rest = split(model)
     key = "ema" if meta.get("use_ema") else "params"
     params = checkpoint.unflatten_into(params, _sub(arrays, key), f"{ckpt}")
     rest = checkpoint.unflatten_into(rest, _sub(arrays, "rest"), f"{ckpt}")
-    from flax import nnx
-
-    nnx.update(model, params, rest)
+    model = nnx.merge(graphdef, params, rest)
     model.eval()
     return Run(run_dir, cfg, model, list(data["classes"]), tuple(data["input_shape"]),
                get_arch(cfg["arch"]).binary_head and len(data["classes"]) == 2,
-               tuple(data["mean"]), tuple(data["std"]))
+               tuple(data["mean"]), tuple(data["std"]), bool(cfg.get("tta_flip")))
 
 
 def _sub(arrays: dict, prefix: str) -> dict:

@@ -1,0 +1,198 @@
+"""Evaluating a run on a split of its own data set (or another of the same shape).
+
+The data set is rebuilt from the run's `config.json` with the same arguments training used, so
+the splits are the same and nobody re-types them. All numbers come from scikit-learn's metrics
+(`classification_report(output_dict=True)`, `confusion_matrix`, `log_loss`) on the model's
+predictions, so they equal what scikit-learn prints for the same predictions.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .errors import CnnError
+from .fsutil import write_json
+
+SPLITS = ("test", "val", "train")
+ERRORS_SHOWN = 25  # worst misclassified images drawn in errors.png (a 5x5 grid)
+
+
+@dataclass
+class Evaluation:
+    """The result of one evaluation; `to_dict` is what `--json` prints and report.json holds."""
+
+    run_dir: str
+    dataset: str
+    split: str
+    checkpoint: str  # the checkpoint actually loaded: best or last
+    epoch: int | None  # the epoch that checkpoint was saved at, when known
+    classes: list[str]
+    n: int
+    accuracy: float
+    loss: float
+    report: dict  # scikit-learn's classification_report(output_dict=True)
+    confusion_matrix: list[list[int]]
+    notes: list[str] = field(default_factory=list)
+    files: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+def evaluate(run_dir, split: str = "test", dataset: str | None = None, checkpoint: str = "best",
+             write: bool = True) -> Evaluation:
+    """Evaluate the run in `run_dir` on `split`; with `write`, save the figures and report.json there."""
+    from .train import load_run
+
+    if split not in SPLITS:
+        raise CnnError(f"--split must be one of {', '.join(SPLITS)}, not {split!r}")
+    if checkpoint not in ("best", "last"):
+        raise CnnError(f"--checkpoint must be best or last, not {checkpoint!r}")
+    run = load_run(run_dir, which=checkpoint)
+    ds, notes = dataset_for(run, dataset)
+    part = getattr(ds, split)
+    if part is None or len(part.y) == 0:
+        hint = " (the run was trained with --val-split 0)" if split == "val" and dataset is None else ""
+        raise CnnError(f"data set {ds.name!r} has no {split} split{hint}")
+    y, notes2 = _labels_in_model_order(part.y, ds.classes, run.classes)
+    notes += notes2
+    probs = run.probabilities(part.x)
+    used, epoch = _checkpoint_used(Path(run_dir), checkpoint)
+    ev = Evaluation(str(run_dir), ds.name, split, used, epoch, list(run.classes), int(len(y)),
+                    notes=notes, **metrics(y, probs, run.classes))
+    if write:
+        ev.files = write_outputs(ev, part.x, y, probs, Path(run_dir), output_tag(dataset, split, used))
+    return ev
+
+
+def metrics(y: np.ndarray, probs: np.ndarray, classes: list[str]) -> dict:
+    """accuracy, loss, report and confusion matrix of predictions `probs` (N, K) against labels `y`."""
+    from sklearn.metrics import classification_report, confusion_matrix, log_loss
+
+    labels = list(range(len(classes)))
+    pred = probs.argmax(-1)
+    report = classification_report(y, pred, labels=labels, target_names=[str(c) for c in classes],
+                                   output_dict=True, zero_division=0)
+    # float64 and renormalised: float32 softmax rows sum to 1 only within ~1e-7, which log_loss warns about.
+    p64 = probs.astype(np.float64)
+    p64 /= p64.sum(-1, keepdims=True)
+    return {
+        "accuracy": float(report["accuracy"]),
+        "loss": float(log_loss(y, p64, labels=labels)),
+        "report": report,
+        "confusion_matrix": confusion_matrix(y, pred, labels=labels).tolist(),
+    }
+
+
+def dataset_for(run, other: str | None = None):
+    """(Dataset, notes): the run's own data set rebuilt from config.json, or `other` checked against the model."""
+    from .data import get_spec, load_dataset
+
+    cfg = run.config
+    data_dir = cfg.get("data_dir")
+    if data_dir and not Path(data_dir).expanduser().exists():
+        data_dir = None  # moved or another machine: fall back on $CNN_DATA_DIR / the default place
+    notes = []
+    if other is None:
+        ds = load_dataset(cfg["dataset"], data_dir=data_dir, image_size=cfg.get("image_size"),
+                          val_split=cfg.get("val_split", 0.0), limit=cfg.get("limit"),
+                          balance=bool(cfg.get("balance")), seed=cfg.get("seed", 0))
+        recorded = cfg.get("data", {}).get("fingerprint")
+        if recorded and recorded != ds.fingerprint:
+            notes.append("the data set's files or preprocessing changed since training (fingerprint differs)")
+        return ds, notes
+    # Photos and folders are resized to the model's input, as training resized them; a registry data set
+    # of fixed shape keeps its own, so MNIST never passes for an 8x8 digits set.
+    fixed = get_spec(other).shape[0] is not None
+    ds = load_dataset(other, data_dir=data_dir, image_size=None if fixed else run.input_shape[0], val_split=0.0,
+                      seed=cfg.get("seed", 0))
+    if tuple(ds.shape) != tuple(run.input_shape):
+        raise CnnError(f"data set {other!r} has images of shape {tuple(ds.shape)} but the model takes "
+                       f"{tuple(run.input_shape)}")
+    if len(ds.classes) != len(run.classes):
+        raise CnnError(f"data set {other!r} has {len(ds.classes)} classes but the model has {len(run.classes)}")
+    return ds, notes
+
+
+def _labels_in_model_order(y: np.ndarray, ds_classes: list[str], model_classes: list[str]):
+    """Labels renumbered to the model's class order when both name the same classes in another order."""
+    if list(ds_classes) == list(model_classes):
+        return np.asarray(y), []
+    if sorted(ds_classes) == sorted(model_classes):
+        index = np.array([model_classes.index(c) for c in ds_classes])
+        return index[np.asarray(y)], ["the data set lists the classes in another order: labels matched by name"]
+    return np.asarray(y), [f"class names differ ({', '.join(ds_classes)} vs the model's "
+                           f"{', '.join(model_classes)}): compared by index"]
+
+
+def _checkpoint_used(run_dir: Path, which: str) -> tuple[str, int | None]:
+    """Which checkpoint `load_run` loaded (it falls back on `last`) and the epoch it holds."""
+    from .train import read_history
+
+    used = which if (run_dir / "checkpoints" / f"{which}.msgpack").is_file() else "last"
+    if used == "best":
+        p = run_dir / "metrics.json"
+        if p.is_file():
+            return used, json.loads(p.read_text()).get("best_epoch")
+        return used, None
+    hist = read_history(run_dir)
+    return used, int(hist[-1]["epoch"]) if hist else None
+
+
+def output_tag(dataset: str | None, split: str, checkpoint: str) -> str:
+    """"" for the default evaluation (own test split, best checkpoint), else a suffix naming what differs,
+    so that other evaluations never overwrite the default's files: "_val", "_mnist_test", "_test_last"."""
+    if dataset is None and split == "test" and checkpoint == "best":
+        return ""
+    parts = [Path(dataset).name if dataset else "", split, "last" if checkpoint == "last" else ""]
+    return "_" + "_".join(p for p in parts if p)
+
+
+def write_outputs(ev: Evaluation, x: np.ndarray, y: np.ndarray, probs: np.ndarray, run_dir: Path,
+                  tag: str = "") -> dict:
+    """confusion_matrix<tag>.png, errors<tag>.png and report<tag>.json in the run directory; their paths."""
+    from . import plots
+
+    title = f"{Path(run_dir).name} on {ev.dataset} {ev.split} ({ev.checkpoint} checkpoint)"
+    files = {
+        "confusion_matrix": str(plots.confusion_matrices(np.array(ev.confusion_matrix), ev.classes,
+                                                         run_dir / f"confusion_matrix{tag}.png", title)),
+        "errors": str(_errors_png(x, y, probs, ev.classes, run_dir / f"errors{tag}.png", title)),
+        "report": str(run_dir / f"report{tag}.json"),
+    }
+    write_json(files["report"], ev.to_dict() | {"files": files})
+    return files
+
+
+def worst_errors(y: np.ndarray, probs: np.ndarray, k: int = ERRORS_SHOWN) -> np.ndarray:
+    """Indices of the misclassified images, most confident mistake first (at most `k`)."""
+    pred = probs.argmax(-1)
+    wrong = np.flatnonzero(pred != y)
+    conf = probs[wrong, pred[wrong]]
+    return wrong[np.argsort(-conf, kind="stable")][:k]
+
+
+def _errors_png(x, y, probs, classes, path: Path, title: str) -> Path:
+    from . import plots
+
+    idx = worst_errors(y, probs)
+    pred = probs.argmax(-1)
+    labels = [f"true {classes[y[i]]}\npred {classes[pred[i]]} {probs[i, pred[i]]:.2f}" for i in idx]
+    return plots.image_grid([x[i] for i in idx], labels, path,
+                            f"worst {len(idx)} of {int((pred != y).sum())} errors: {title}")
+
+
+
+def report_rows(report: dict, classes: list[str]) -> list[list]:
+    """scikit-learn's text layout as table rows: one per class, then accuracy, macro avg, weighted avg."""
+    def row(name, r):
+        return [name, r["precision"], r["recall"], r["f1-score"], int(r["support"])]
+
+    rows = [row(str(c), report[str(c)]) for c in classes]
+    rows.append(["accuracy", "", "", report["accuracy"], int(report["macro avg"]["support"])])
+    rows += [row(k, report[k]) for k in ("macro avg", "weighted avg")]
+    return rows
