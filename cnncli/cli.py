@@ -405,11 +405,11 @@ def compare_pooling(
     name: str = typer.Option("pooling", help="Comparison directory name (auto-numbered)."),
     json: bool = typer.Option(False, "--json", help=JSON_HELP),
 ):
-    """Seed 001's study: net1 (max pooling) vs net2 (strided conv, no pooling) under identical settings.
+    """Seed 001's study: net1 (max pooling) vs net2 (strided conv, no pooling), identical settings.
 
-    Each run is a normal run directory under OUT/NAME/<dataset>-<arch>-s<seed>; writes comparison.png
-    (curves on shared axes), comparison.csv and comparison.json, and prints a table and a conclusion
-    per data set.
+    Runs go to OUT/NAME/<dataset>-<arch>-s<seed> (normal run directories).
+    Writes comparison.png (curves on shared axes), comparison.csv and comparison.json.
+    Prints a table and a one-line conclusion per data set.
     """
     from .compare import Plan, pooling_variants
 
@@ -440,10 +440,12 @@ def compare(
     name: Optional[str] = typer.Option(None, help="Comparison directory name (default <arch>-<dataset>-<keys>)."),
     json: bool = typer.Option(False, "--json", help=JSON_HELP),
 ):
-    """Train one architecture (or several) with one setting varied, e.g. seed 001's optimizer study:
-    cnn compare --arch net2 --dataset cifar10 --vary optimizer=adam,adadelta,adagrad
+    """Train variants that differ in one setting (or a grid of them) and compare their curves.
 
-    Same outputs as compare-pooling: runs under OUT/NAME/, comparison.{png,csv,json}, tables, conclusions.
+    Seed 001's optimizer study: cnn compare --arch net2 --dataset cifar10 --vary optimizer=adam,adadelta,adagrad
+    Runs go to OUT/NAME/<dataset>-<variant>-s<seed> (normal run directories).
+    Writes comparison.png (curves on shared axes), comparison.csv and comparison.json.
+    Prints a table and a one-line conclusion.
     """
     from .compare import Plan, grid, parse_vary
 
@@ -482,8 +484,6 @@ def bench(
     """Time the real train and inference steps (images/s, GFLOP/s, share of matmul peak) and compare with peers."""
     from . import bench as B
     from .console import Out
-
-    B.tune_allocator()  # before JAX starts its threads
     from .models import flops_per_image
     from .models.summary import dataset_input, parse_shape
 
@@ -570,6 +570,9 @@ def recipes(json: bool = typer.Option(False, "--json", help=JSON_HELP)):
 
 def main() -> None:
     """Entry point: user errors end in one line and a non-zero exit, never a traceback."""
+    from .runtime import tune_allocator
+
+    tune_allocator()  # before JAX starts its threads (see runtime.py: up to half of a step otherwise)
     try:
         app()
     except CnnError as e:

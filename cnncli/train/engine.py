@@ -166,7 +166,10 @@ def fit(cfg: TrainConfig, progress: Progress, resume: Path | None = None) -> dic
         state = checkpoint.unflatten_into(state, arrays, f"{run_dir}/checkpoints/last.msgpack")
         loop = Loop(**meta["loop"])
         if loop.epoch >= cfg.epochs:
-            raise CnnError(f"{run_dir} already finished its {cfg.epochs} epochs; nothing to resume")
+            raise CnnError(f"{run_dir} already finished its {cfg.epochs} epochs; pass --epochs N to train longer")
+        record = rundir.read_config(run_dir)
+        if record["epochs"] != cfg.epochs:  # `--resume DIR --epochs N` extends the run
+            write_json(run_dir / "config.json", record | {"epochs": cfg.epochs})
         progress.note(f"resuming {run_dir} at epoch {loop.epoch + 1}, step {loop.step_in_epoch}")
     else:
         run_dir = rundir.new_run_dir(cfg.out, cfg.name or f"{cfg.arch}-{Path(cfg.dataset).name}")

@@ -1,0 +1,57 @@
+"""Shared command line and timing loop of the peer reference benchmarks (torch_ref.py, keras_ref.py).
+
+Each peer runs the same network as `cnn` (net1 or net2, see README.md here) on synthetic batches and
+prints one JSON line per mode with the fields `cnn bench --json` prints.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+
+ARCHS = ("net1", "net2")
+
+
+def parse_args(framework: str) -> argparse.Namespace:
+    """--arch, --input-shape H,W,C, --batch-size, --mode train|infer|both, --repeats, --steps, --warmup."""
+    p = argparse.ArgumentParser(description=f"{framework} reference timing of cnn's net1/net2")
+    p.add_argument("--arch", choices=ARCHS, default="net1")
+    p.add_argument("--input-shape", default="28,28,1", help="H,W,C")
+    p.add_argument("--num-classes", type=int, default=10)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--mode", choices=("train", "infer", "both"), default="both")
+    p.add_argument("--repeats", type=int, default=5, help="timed groups; images/s is their median")
+    p.add_argument("--steps", type=int, default=5, help="steps per timed group")
+    p.add_argument("--warmup", type=int, default=2, help="untimed steps first (graph building, caches)")
+    args = p.parse_args()
+    args.input_shape = tuple(int(v) for v in args.input_shape.split(","))
+    return args
+
+
+def time_steps(run_step, args) -> dict:
+    """Time `run_step()` (which must block until its result exists): warm-up apart, then repeats."""
+    t0 = time.perf_counter()
+    for _ in range(max(args.warmup, 1)):
+        run_step()
+    warmup_s = time.perf_counter() - t0
+    rates = []
+    for _ in range(args.repeats):
+        t = time.perf_counter()
+        for _ in range(args.steps):
+            run_step()
+        rates.append(args.steps * args.batch_size / (time.perf_counter() - t))
+    return dict(images_per_s=statistics.median(rates), images_per_s_min=min(rates),
+                images_per_s_max=max(rates), warmup_s=warmup_s, repeats=args.repeats, steps=args.steps)
+
+
+def emit(framework: str, version: str, args, mode: str, timing: dict) -> None:
+    """One JSON line in the shape `cnn bench --json` uses."""
+    row = dict(framework=framework, version=version, arch=args.arch, input_shape=list(args.input_shape),
+               batch_size=args.batch_size, mode=mode, **timing)
+    print(json.dumps(row), flush=True)
+
+
+def modes(args) -> tuple[str, ...]:
+    return ("train", "infer") if args.mode == "both" else (args.mode,)

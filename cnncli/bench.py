@@ -1,0 +1,204 @@
+"""`cnn bench`: steady-state images/s of the real train and inference steps, against the machine and peers.
+
+What is timed is what `cnn train` runs: the model from the registry and the engine's jitted
+`make_train_step` / `make_eval_step` (uint8 batches in, normalisation inside the step). Compilation
+(the first call) and warm-up are timed apart; then `repeats` groups of `steps` steps each give
+images/s, reported as median, min and max. Steps inside a group are dispatched asynchronously,
+as in training, and the group ends when the last result exists.
+
+Also measured in the same run, so the numbers share the machine's state at that moment:
+- the matmul peak: a large fp32 `jnp.dot` (GFLOP/s), the yardstick for the achieved GFLOP/s;
+- the input pipeline's share: real batches from the data set (the engine's prefetching loader)
+  against synthetic batches already on the device;
+- the start-up time of `cnn --help`;
+- peers: the same network in PyTorch and Keras (benchmarks/*_ref.py), each in a subprocess.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+BENCH_DIR = Path(__file__).resolve().parent.parent / "benchmarks"
+PEERS = {"torch": "torch", "keras": "tensorflow"}  # framework -> module that must be importable
+PEER_ARCHS = ("net1", "net2")
+TRAIN_FLOPS_FACTOR = 3  # forward + input gradient + weight gradient, each about one forward
+
+
+def matmul_peak_gflops(n: int = 2048, repeats: int = 5) -> float:
+    """Median GFLOP/s of an n x n fp32 `jnp.dot` (2 n^3 FLOPs), compilation excluded."""
+    import jax
+    import jax.numpy as jnp
+
+    a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
+    dot = jax.jit(jnp.dot)
+    dot(a, a).block_until_ready()
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        dot(a, a).block_until_ready()
+        times.append(time.perf_counter() - t)
+    return 2 * n**3 / statistics.median(times) / 1e9
+
+
+def startup_seconds(repeats: int = 3) -> float:
+    """Median wall time of `cnn --help` in a fresh interpreter."""
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "cnncli.cli", "--help"], capture_output=True, check=True)
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def _timed(run_step, sync, batch_size: int, repeats: int, steps: int, warmup: int) -> dict:
+    """compile_s (first call), warmup_s, and images/s median/min/max over `repeats` groups of `steps`."""
+    t = time.perf_counter()
+    sync(run_step())
+    compile_s = time.perf_counter() - t
+    t = time.perf_counter()
+    for _ in range(warmup):
+        out = run_step()
+    if warmup:
+        sync(out)
+    warmup_s = time.perf_counter() - t
+    rates = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        for _ in range(steps):
+            out = run_step()
+        sync(out)
+        rates.append(steps * batch_size / (time.perf_counter() - t))
+    return dict(images_per_s=statistics.median(rates), images_per_s_min=min(rates), images_per_s_max=max(rates),
+                compile_s=compile_s, warmup_s=warmup_s, repeats=repeats, steps=steps)
+
+
+class _Setup:
+    """The model, its engine steps and a synthetic uint8 batch for one (arch, shape, classes)."""
+
+    def __init__(self, arch: str, input_shape, num_classes: int, seed: int = 0):
+        import optax
+
+        from .models import create_model
+        from .train.step import TrainState, split
+
+        c = input_shape[-1]
+        self.mean, self.std = (0.5,) * c, (0.25,) * c  # values do not matter for speed
+        gtrain, self.geval, params, rest = split(create_model(arch, tuple(input_shape), num_classes, seed=seed))
+        self.gtrain = gtrain
+        self.tx = optax.adam(1e-3)  # net1/net2's optimizer, as in the peers
+        self.state = TrainState(params, rest, self.tx.init(params), None)
+        self.input_shape, self.num_classes = tuple(input_shape), num_classes
+
+    def batch(self, batch_size: int, seed: int = 0):
+        import jax
+        import numpy as np
+
+        rng = np.random.default_rng(seed)
+        x = rng.integers(0, 256, (batch_size, *self.input_shape), dtype=np.uint8)
+        y = rng.integers(0, self.num_classes, batch_size).astype(np.int32)
+        return jax.device_put(x), jax.device_put(y)
+
+    def train_step(self):
+        from .train.step import make_train_step
+
+        return make_train_step(self.gtrain, self.tx, binary=False, mean=self.mean, std=self.std)
+
+
+def bench_train(setup: _Setup, batch_size: int, repeats: int, steps: int, warmup: int = 2) -> dict:
+    """Steady-state images/s of the engine's train step on a synthetic batch already on the device."""
+    import jax
+    import numpy as np
+
+    from .train.step import zero_metrics
+
+    step = setup.train_step()
+    x, y = setup.batch(batch_size)
+    carry = {"state": setup.state, "metrics": zero_metrics(), "i": 0}
+
+    def run():
+        carry["state"], carry["metrics"] = step(carry["state"], carry["metrics"], x, y, np.int32(carry["i"]))
+        carry["i"] += 1
+        return carry["metrics"]
+
+    out = _timed(run, jax.block_until_ready, batch_size, repeats, steps, warmup)
+    setup.state = carry["state"]  # the old buffers were donated
+    return out
+
+
+def bench_infer(setup: _Setup, batch_size: int, repeats: int, steps: int, warmup: int = 2) -> dict:
+    """Steady-state images/s of the engine's eval step (logits, loss, accuracy) on a synthetic batch."""
+    import jax
+    import jax.numpy as jnp
+
+    from .train.step import make_eval_step
+
+    step = make_eval_step(setup.geval, binary=False, mean=setup.mean, std=setup.std)
+    x, y = setup.batch(batch_size)
+    w = jnp.ones((batch_size,), jnp.float32)
+    return _timed(lambda: step(setup.state.params, setup.state.rest, x, y, w), jax.block_until_ready,
+                  batch_size, repeats, steps, warmup)
+
+
+def pipeline_share(setup: _Setup, dataset, batch_size: int, steps: int, synthetic_rate: float) -> dict:
+    """Train images/s on real batches (the engine's loader) and the share of time the input costs."""
+    import jax
+    import numpy as np
+
+    from .train.engine import _batches, _mesh
+    from .train.step import zero_metrics
+
+    n = len(dataset.train.y)
+    if n < batch_size * 2:
+        return dict(pipeline_note=f"only {n} training images: pipeline not measured")
+    step = setup.train_step()
+    state, metrics = setup.state, zero_metrics()
+    order = np.random.default_rng(0).permutation(n)
+    mesh = _mesh()
+    # First pass compiles for the sharded input and warms the loader; the second is timed.
+    for timed in (False, True):
+        t = time.perf_counter()
+        done = 0
+        for i, (xb, yb) in enumerate(_batches(mesh, dataset.train.x, dataset.train.y, order, batch_size, 0)):
+            state, metrics = step(state, metrics, xb, yb, np.int32(i))
+            done += 1
+            if done == (steps if timed else 2):
+                break
+        jax.block_until_ready(metrics)
+        elapsed = time.perf_counter() - t
+    setup.state = state
+    real = done * batch_size / elapsed
+    return dict(real_images_per_s=real, pipeline_share=max(0.0, 1.0 - real / synthetic_rate))
+
+
+def run_peer(framework: str, arch: str, input_shape, batch_size: int, mode: str, repeats: int,
+             steps: int) -> tuple[list[dict], str | None]:
+    """(rows, note): the peer's JSON rows from its reference script, or no rows and why not."""
+    if framework not in PEERS:
+        return [], f"unknown peer {framework!r} (choose from {', '.join(PEERS)})"
+    if importlib.util.find_spec(PEERS[framework]) is None:
+        return [], f"{framework}: not installed (pip install -e '.[bench]'); skipped"
+    if arch not in PEER_ARCHS:
+        return [], f"{framework}: no reference implementation of {arch} (only {', '.join(PEER_ARCHS)}); skipped"
+    cmd = [sys.executable, str(BENCH_DIR / f"{framework}_ref.py"), "--arch", arch,
+           "--input-shape", ",".join(map(str, input_shape)), "--batch-size", str(batch_size), "--mode", mode,
+           "--repeats", str(repeats), "--steps", str(steps)]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    rows = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    if proc.returncode or not rows:
+        last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        return [], f"{framework}: failed ({last[:200]})"
+    return rows, None
+
+
+def add_rates(row: dict, flops_per_image: int, peak_gflops: float) -> dict:
+    """Add achieved GFLOP/s (from the architecture's FLOP count) and its share of the matmul peak."""
+    factor = TRAIN_FLOPS_FACTOR if row["mode"] == "train" else 1
+    row["gflops"] = row["images_per_s"] * flops_per_image * factor / 1e9
+    row["peak_share"] = row["gflops"] / peak_gflops if peak_gflops else None
+    return row

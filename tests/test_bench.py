@@ -1,0 +1,76 @@
+"""`cnn bench` runs end to end (tiny: 1 repeat of 1 step), and its arithmetic and peers are right."""
+
+import importlib.util
+import json
+import subprocess
+import sys
+
+import pytest
+
+from cnncli import bench
+from cnncli.models import count_params, create_model
+
+
+def _cnn(*args):
+    return subprocess.run([sys.executable, "-m", "cnncli.cli", *args], capture_output=True, text=True, timeout=600)
+
+
+def test_bench_json_rows_for_train_and_infer():
+    proc = _cnn("bench", "--arch", "net2", "--dataset", "digits", "--batch-size", "16", "--infer-batch-size", "32",
+                "--repeats", "1", "--steps", "1", "--warmup", "0", "--json")
+    assert proc.returncode == 0, proc.stderr
+    rows = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert [(r["framework"], r["mode"], r["batch_size"]) for r in rows] == [("cnn", "train", 16), ("cnn", "infer", 32)]
+    for r in rows:
+        assert r["arch"] == "net2" and r["input_shape"] == [8, 8, 1]
+        assert r["images_per_s_min"] <= r["images_per_s"] <= r["images_per_s_max"]
+        assert r["gflops"] > 0 and 0 < r["peak_share"] and r["matmul_peak_gflops"] > 0
+        assert r["compile_s"] > 0 and r["startup_s"] > 0
+    assert 0 <= rows[0]["pipeline_share"] < 1 and rows[0]["real_images_per_s"] > 0
+    assert "matmul peak" in proc.stderr and "start-up" in proc.stderr
+
+
+def test_bench_rejects_unknown_peer_in_one_line():
+    proc = _cnn("bench", "--vs", "mxnet", "--dataset", "digits")
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == "error: unknown --vs peer 'mxnet'; choose from torch, keras"
+
+
+def test_peer_notes_say_why_a_peer_is_skipped():
+    assert bench.run_peer("torch", "resnet20", (32, 32, 3), 8, "train", 1, 1) == (
+        [], "torch: no reference implementation of resnet20 (only net1, net2); skipped")
+
+
+def test_achieved_gflops_and_share_of_peak():
+    row = bench.add_rates(dict(mode="train", images_per_s=100.0), flops_per_image=2_000_000, peak_gflops=10.0)
+    assert row["gflops"] == pytest.approx(0.6) and row["peak_share"] == pytest.approx(0.06)
+    row = bench.add_rates(dict(mode="infer", images_per_s=100.0), flops_per_image=2_000_000, peak_gflops=10.0)
+    assert row["gflops"] == pytest.approx(0.2)
+
+
+def test_allocator_tuning_applies_on_glibc():
+    # In a child process: the tuning lasts for the process' life, and this one runs other tests.
+    code = "from cnncli.runtime import tune_allocator; print(tune_allocator())"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == str(sys.platform == "linux")
+
+
+def _load_ref(name):
+    spec = importlib.util.spec_from_file_location(name, bench.BENCH_DIR / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.skipif(importlib.util.find_spec("torch") is None, reason="torch not installed (pip install -e .[bench])")
+@pytest.mark.parametrize("arch,shape", [("net1", (28, 28, 1)), ("net2", (32, 32, 3))])
+def test_torch_reference_is_the_same_network(arch, shape):
+    model = _load_ref("torch_ref").build(arch, shape, 10)
+    assert sum(p.numel() for p in model.parameters()) == count_params(create_model(arch, shape, 10))[0]
+
+
+@pytest.mark.skipif(importlib.util.find_spec("tensorflow") is None, reason="tensorflow not installed (pip install -e .[bench])")
+@pytest.mark.parametrize("arch,shape", [("net1", (28, 28, 1)), ("net2", (32, 32, 3))])
+def test_keras_reference_is_the_same_network(arch, shape):
+    model = _load_ref("keras_ref").build(arch, shape, 10)
+    assert model.count_params() == count_params(create_model(arch, shape, 10))[0]

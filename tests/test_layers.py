@@ -1,0 +1,106 @@
+"""The fast layer formulations equal the plain ones: values and gradients.
+
+Tolerances: forward convolutions and pooling run the very same XLA ops as the reference, so they
+must match exactly. The convolution's kernel gradient sums the same products in another order
+(one matmul over N*H*W instead of XLA's convolution), so fp32 rounding differs: relative error
+~1e-7 per term, 1e-5 of the gradient's scale bounds it with room while still catching any
+wrong tap, stride or padding (those give O(1) errors). Max-pool values are exact; its gradient
+adds the shares of overlapping windows in another order (rounding only, 1e-6), while a tie sent to
+the wrong pixel would be an O(1) error.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+from jax import lax
+
+from cnncli.models import layers
+
+DN = ("NHWC", "HWIO", "NHWC")
+
+
+def _close(got, want, rel=1e-5):
+    got, want = np.asarray(got), np.asarray(want)
+    assert got.shape == want.shape
+    np.testing.assert_allclose(got, want, rtol=0, atol=rel * float(np.abs(want).max()))
+
+
+def _data(shape, kshape, seed=0):
+    kx, kk, kb = jax.random.split(jax.random.key(seed), 3)
+    return jax.random.normal(kx, shape), jax.random.normal(kk, kshape), jax.random.normal(kb, kshape[-1:])
+
+
+@pytest.mark.parametrize("size,kernel,stride,padding", [
+    (12, 3, 1, "SAME"), (9, 3, 2, "SAME"), (10, 3, 2, "SAME"), (9, 3, 1, "VALID"),
+    (11, 5, 2, "VALID"), (8, 4, 2, "SAME"), (7, 1, 1, "SAME"), (9, 3, 1, ((2, 0), (1, 1))),
+])
+def test_conv2d_values_and_gradients_equal_lax(size, kernel, stride, padding):
+    x, k, b = _data((3, size, size + 1, 4), (kernel, kernel, 4, 6))
+
+    def plain(x, k, b):
+        return lax.conv_general_dilated(x, k, (stride, stride), padding, dimension_numbers=DN) + b
+
+    def fast(x, k, b):
+        return layers.conv2d(x, k, b, stride, padding)
+
+    np.testing.assert_array_equal(jax.jit(fast)(x, k, b), plain(x, k, b))
+    # A non-uniform cotangent, so every output pixel's gradient path counts differently.
+    w = jax.random.normal(jax.random.key(9), plain(x, k, b).shape)
+    g_plain = jax.grad(lambda *a: (plain(*a) * w).sum(), (0, 1, 2))(x, k, b)
+    g_fast = jax.jit(jax.grad(lambda *a: (fast(*a) * w).sum(), (0, 1, 2)))(x, k, b)
+    for got, want in zip(g_fast, g_plain):
+        _close(got, want)
+
+
+def test_conv_module_is_nnx_conv_with_fast_gradients():
+    fast = layers.Conv(3, 8, (3, 3), (2, 2), padding="SAME", rngs=nnx.Rngs(0))
+    plain = nnx.Conv(3, 8, (3, 3), (2, 2), padding="SAME", rngs=nnx.Rngs(0))
+    # Same parameter names, shapes and initial values: checkpoints move between the two.
+    assert jax.tree.map(jnp.shape, nnx.state(fast, nnx.Param)) == jax.tree.map(jnp.shape, nnx.state(plain, nnx.Param))
+    np.testing.assert_array_equal(fast.kernel[...], plain.kernel[...])
+    x = jax.random.normal(jax.random.key(1), (2, 12, 12, 3))
+    np.testing.assert_array_equal(fast(x), plain(x))
+
+    def loss(m, x):
+        return (m(x) ** 2).sum()
+
+    g_fast, g_plain = nnx.grad(loss)(fast, x), nnx.grad(loss)(plain, x)
+    _close(g_fast["kernel"][...], g_plain["kernel"][...])
+    _close(g_fast["bias"][...], g_plain["bias"][...])
+
+
+def test_conv_hook_falls_back_to_lax_for_other_convolutions():
+    x, k, _ = _data((2, 9, 9, 4), (3, 3, 2, 6))
+    grouped = layers.conv_general_dilated(x, k, (1, 1), "SAME", rhs_dilation=(2, 2), dimension_numbers=DN,
+                                          feature_group_count=2)
+    want = lax.conv_general_dilated(x, k, (1, 1), "SAME", rhs_dilation=(2, 2), dimension_numbers=DN,
+                                    feature_group_count=2)
+    np.testing.assert_array_equal(grouped, want)
+
+
+@pytest.mark.parametrize("window,stride,padding", [(2, 1, "SAME"), (2, 2, "VALID"), (3, 2, "SAME"), (2, 2, "SAME"),
+                                                   (3, 1, "VALID")])
+def test_max_pool_values_and_gradients_equal_reduce_window(window, stride, padding):
+    x = jax.random.normal(jax.random.key(0), (2, 9, 10, 3))
+    # relu makes most windows tie at 0, and rounding to integers makes ties among positives too:
+    # the gradient must go to the same (first) maximum as select-and-scatter's.
+    for inp in (x, jax.nn.relu(x), jnp.round(2 * x)):
+        def plain(v):
+            return nnx.max_pool(v, (window, window), (stride, stride), padding)
+
+        def fast(v):
+            return layers.max_pool(v, window, stride, padding)
+
+        np.testing.assert_array_equal(jax.jit(fast)(inp), plain(inp))
+        w = jax.random.normal(jax.random.key(3), plain(inp).shape)
+        _close(jax.jit(jax.grad(lambda v: (fast(v) * w).sum()))(inp), jax.grad(lambda v: (plain(v) * w).sum())(inp),
+               rel=1e-6)
+
+
+def test_avg_pool_equals_nnx():
+    x = jax.random.normal(jax.random.key(0), (2, 9, 10, 3))
+    _close(layers.avg_pool(x, 2, 2), nnx.avg_pool(x, (2, 2), (2, 2)), rel=1e-6)
+    _close(jax.grad(lambda v: layers.avg_pool(v, 3, 2).sum())(x),
+           jax.grad(lambda v: nnx.avg_pool(v, (3, 3), (2, 2)).sum())(x), rel=1e-6)
