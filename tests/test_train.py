@@ -76,12 +76,12 @@ def test_nan_loss_stops_with_one_line(tmp_path):
 
 
 def test_early_stopping_restores_best_epoch(tmp_path):
-    # Pinned: with these seeds validation accuracy peaks at epoch 8 (0.965) and drops at 9 (0.944).
+    # With these seeds validation accuracy climbs for several epochs, then drops once (deterministic).
     s = train(tmp_path, arch="mlp", epochs=12, lr=0.01, early_stopping=1, batch_size=64)
     hist = read_history(s["run_dir"])
     best = max(hist, key=lambda r: r["val_accuracy"])
-    assert s["stopped_early"] and len(hist) == 9
-    assert s["best_epoch"] == best["epoch"] and hist[-1]["val_accuracy"] < best["val_accuracy"]
+    assert s["stopped_early"] and len(hist) == best["epoch"] + 1 < 12  # patience 1: one epoch after the best
+    assert s["best_epoch"] == best["epoch"] and hist[-1]["val_accuracy"] <= best["val_accuracy"]  # a tie is no improvement (as Keras)
     # The kept weights are the best epoch's: evaluating them gives the best val accuracy again.
     from cnncli.train import load_run
     from cnncli.data import load_dataset

@@ -32,6 +32,13 @@ def _is_key(x) -> bool:
     return hasattr(x, "dtype") and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key)
 
 
+def _key_impl(leaf):
+    """The PRNG implementation of a key leaf, concrete or abstract (the models use "rbg" keys)."""
+    if isinstance(leaf, jax.ShapeDtypeStruct):
+        return str(leaf.dtype)[len("key<"):-1]  # dtype prints as key<rbg>; no public accessor for it
+    return jax.random.key_impl(leaf)
+
+
 def flatten(tree) -> dict[str, np.ndarray]:
     """{path: numpy array}; RNG keys are stored as their raw key data."""
     out = {}
@@ -53,7 +60,7 @@ def unflatten_into(template, arrays: dict[str, np.ndarray], what: str):
         name = path_str(path)
         arr = arrays[name]
         if _is_key(leaf):
-            new.append(jax.random.wrap_key_data(arr))  # the default (threefry) keys the models are built with
+            new.append(jax.random.wrap_key_data(arr, impl=_key_impl(leaf)))
             continue
         if tuple(arr.shape) != tuple(np.shape(leaf)):
             raise CnnError(

@@ -101,6 +101,9 @@ def resolve(overrides: dict, recipe: dict | None = None) -> TrainConfig:
     merged = dict(recipe or {})
     arch_name = given.get("arch", merged.get("arch", TrainConfig.arch))
     base = dict(get_arch(arch_name).defaults)
+    dataset = given.get("dataset", merged.get("dataset", TrainConfig.dataset))
+    if _fixed_size(dataset):
+        base.pop("image_size", None)  # an arch's photo size must not blow 28x28 digits up to 128x128
     base.update(merged)
     base.update(given)
     unknown = set(base) - {f.name for f in dataclasses.fields(TrainConfig)}
@@ -109,3 +112,11 @@ def resolve(overrides: dict, recipe: dict | None = None) -> TrainConfig:
     cfg = TrainConfig(**base)
     cfg.validate()
     return cfg
+
+
+def _fixed_size(dataset: str) -> bool:
+    """True for registry data sets with one native image size (mnist, cifar10, digits)."""
+    from ..data import DATASETS
+
+    spec = DATASETS.get(dataset)
+    return spec is not None and spec.shape[0] is not None
