@@ -8,7 +8,6 @@ metric sums read back once per progress refresh, then validation, history, check
 from __future__ import annotations
 
 import math
-import queue
 import signal
 import threading
 import time
@@ -24,6 +23,7 @@ from ..fsutil import write_json
 from . import checkpoint, rundir
 from .config import TrainConfig, augment_list
 from .optim import DEFAULT_LR, learning_rate, make_optimizer
+from .feed import Feeder, mesh as make_mesh, put
 from .progress import Progress
 from .step import TrainState, make_eval_step, make_train_step, split, zero_metrics
 
@@ -42,49 +42,6 @@ class Loop:
     bad_epochs: int = 0  # early stopping: epochs since the best
     partial: list = field(default_factory=lambda: [0.0, 0.0, 0.0])  # metric sums of an interrupted epoch
     train_seconds: float = 0.0
-
-
-def _mesh():
-    devices = np.array(jax.devices())
-    return jax.sharding.Mesh(devices, ("batch",))
-
-
-def _put(mesh, arr):
-    """Global batch -> array sharded over the batch axis (each host passes its own rows)."""
-    sharding = NamedSharding(mesh, P("batch"))
-    if jax.process_count() == 1:
-        return jax.device_put(arr, sharding)
-    n = len(arr) // jax.process_count()
-    i = jax.process_index()
-    return jax.make_array_from_process_local_data(sharding, arr[i * n : (i + 1) * n])
-
-
-def _batches(mesh, x, y, order, batch_size, start):
-    """Yield device batches for steps start.. of an epoch, prepared one ahead in a thread."""
-    q: queue.Queue = queue.Queue(maxsize=2)
-    stop = threading.Event()
-
-    def work():
-        for s in range(start, len(order) // batch_size):
-            idx = np.sort(order[s * batch_size : (s + 1) * batch_size])  # sorted: sequential reads of a memmap
-            item = (_put(mesh, np.asarray(x[idx])), _put(mesh, np.asarray(y[idx], np.int32)))
-            while not stop.is_set():
-                try:
-                    q.put(item, timeout=0.1)
-                    break
-                except queue.Full:
-                    continue
-            if stop.is_set():
-                return
-        q.put(None)
-
-    t = threading.Thread(target=work, daemon=True)
-    t.start()
-    try:
-        while (item := q.get()) is not None:
-            yield item
-    finally:
-        stop.set()
 
 
 def _order(seed: int, epoch: int, n: int) -> np.ndarray:
@@ -110,7 +67,7 @@ def evaluate_arrays(eval_step, params, rest, mesh, x, y, batch_size: int, want_p
             xb = np.concatenate([xb, np.zeros((pad, *xb.shape[1:]), xb.dtype)])
             yb = np.concatenate([yb, np.zeros(pad, np.int32)])
             w[m:] = 0.0
-        l, c, p = eval_step(params, rest, _put(mesh, xb), _put(mesh, yb), _put(mesh, w))
+        l, c, p = eval_step(params, rest, put(mesh, xb), put(mesh, yb), put(mesh, w))
         loss += float(l)
         correct += float(c)
         if want_probs:
@@ -140,7 +97,7 @@ def fit(cfg: TrainConfig, progress: Progress, resume: Path | None = None) -> dic
     binary = get_arch(cfg.arch).binary_head and num_classes == 2
     gtrain, geval, params, rest = split(model)
 
-    mesh = _mesh()
+    mesh = make_mesh()
     n_train = len(ds.train.y)
     bs = cfg.batch_size
     if bs % mesh.size:
@@ -180,9 +137,10 @@ def fit(cfg: TrainConfig, progress: Progress, resume: Path | None = None) -> dic
 
     replicated = NamedSharding(mesh, P())
     state = jax.device_put(state, replicated)
+    feeder = Feeder(mesh, ds.train.x, ds.train.y)
     train_step = make_train_step(gtrain, tx, binary=binary, mean=mean, std=std,
                                  augment_ops=tuple(augment_list(cfg.augment)), smoothing=cfg.label_smoothing,
-                                 ema_decay=cfg.ema, precision=cfg.precision, seed=cfg.seed)
+                                 ema_decay=cfg.ema, precision=cfg.precision, seed=cfg.seed, gather=feeder.resident)
     eval_step = make_eval_step(geval, binary=binary, mean=mean, std=std, tta_flip=cfg.tta_flip)
     lr_at = learning_rate(cfg, steps_per_epoch)
     lr_at = lr_at if callable(lr_at) else (lambda _s, v=lr_at: v)
@@ -208,8 +166,8 @@ def fit(cfg: TrainConfig, progress: Progress, resume: Path | None = None) -> dic
             last_refresh = time.monotonic()
             order = _order(cfg.seed, epoch, n_train)
             step_in_epoch = loop.step_in_epoch
-            for xb, yb in _batches(mesh, ds.train.x, ds.train.y, order, bs, loop.step_in_epoch):
-                state, metrics = train_step(state, metrics, xb, yb, np.int32(loop.global_step))
+            for batch in feeder.epoch(order, bs, loop.step_in_epoch):
+                state, metrics = train_step(state, metrics, *batch, np.int32(loop.global_step))
                 loop.global_step += 1
                 step_in_epoch += 1
                 if interrupted.hit or time.monotonic() - last_refresh > 0.5 or step_in_epoch == steps_per_epoch:
