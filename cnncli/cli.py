@@ -228,7 +228,10 @@ def train(
         if rec is not None:
             o.print(f"recipe {recipe}: {rec['description']}")
         cfg = resolve(given | {"recipe": recipe}, rec["options"] if rec else None)
+        from .train.optim import DEFAULT_LR
+
         shown = {k: v for k, v in cfg.to_dict().items() if k not in ("extra",) and v is not None}
+        shown.setdefault("lr", f"{DEFAULT_LR[cfg.optimizer]} ({cfg.optimizer} default)")
         o.print("options: " + ", ".join(f"{k}={v}" for k, v in shown.items()))
     from .train import fit
 

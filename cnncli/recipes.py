@@ -24,7 +24,7 @@ RECIPES: dict[str, dict] = {
     },
     "cifar10-90": {
         "description": "CIFAR-10 to >= 90% test within 30 minutes (residual net, crop+flip, one-cycle, TTA)",
-        "options": dict(arch="resnet_cifar", dataset="cifar10", epochs=20, batch_size=256, optimizer="sgd", lr=0.2,
+        "options": dict(arch="resnet_cifar", dataset="cifar10", epochs=8, batch_size=128, optimizer="sgd", lr=0.1,
                         momentum=0.9, weight_decay=5e-4, schedule="onecycle", augment="crop,flip",
                         label_smoothing=0.1, val_split=0.0, normalize="standard", tta_flip=True),
         "expected": "see README results table",

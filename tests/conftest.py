@@ -3,8 +3,8 @@
 The real data lives beside the repository, in ../shared/data (see its README.md). When that
 folder exists, CNN_DATA_DIR points at it for the whole session (subprocesses inherit it);
 tests that need it take the `data_dir` fixture, which skips them when it is missing.
-The array cache is whatever CNN_CACHE_DIR says (CI keeps it inside the clone); tests that
-check caching take `fresh_cache` for an empty one of their own.
+The array cache is CNN_CACHE_DIR, by default `.cache/cnn` inside the clone (as in CI); tests
+that check caching take `fresh_cache` for an empty one of their own.
 """
 
 import os
@@ -17,6 +17,8 @@ SHARED_DATA = (REPO / ".." / "shared" / "data").resolve()
 
 if SHARED_DATA.is_dir():
     os.environ["CNN_DATA_DIR"] = str(SHARED_DATA)
+# Test data sets never land in the user's own cache: the clone's, as in CI (.gitignored).
+os.environ.setdefault("CNN_CACHE_DIR", str(REPO / ".cache" / "cnn"))
 
 
 @pytest.fixture
