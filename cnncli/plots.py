@@ -112,7 +112,7 @@ def comparison(panels: dict, path, title: str = "") -> Path:
     """
     import numpy as np
 
-    fig, axes = plt.subplots(len(panels), 2, figsize=(12, 4.2 * len(panels)), squeeze=False)
+    fig, axes = plt.subplots(len(panels), 2, figsize=(12, 4.2 * len(panels)), squeeze=False, layout="constrained")
     for row, (dataset, curves) in zip(axes, panels.items()):
         for i, (label, c) in enumerate(curves.items()):
             for ax, key in zip(row, ("accuracy", "loss")):
