@@ -8,6 +8,7 @@ that check caching take `fresh_cache` for an empty one of their own.
 """
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -36,3 +37,18 @@ def fresh_cache(tmp_path, monkeypatch) -> Path:
     cache = tmp_path / "cache"
     monkeypatch.setenv("CNN_CACHE_DIR", str(cache))
     return cache
+
+
+@pytest.fixture
+def run_cnn(monkeypatch, capsys):
+    """The real `cnn` entry point in-process (JAX stays warm): run_cnn(*args) -> (exit code, stdout, stderr)."""
+    from cnncli.cli import main
+
+    def run(*args):
+        monkeypatch.setattr(sys, "argv", ["cnn", *map(str, args)])
+        with pytest.raises(SystemExit) as e:
+            main()
+        out = capsys.readouterr()
+        return e.value.code, out.out, out.err
+
+    return run

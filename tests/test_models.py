@@ -193,19 +193,8 @@ def test_registry_import_is_light():
     assert r.stdout.split() == ["net1", "False"], r.stderr
 
 
-def run_main(monkeypatch, capsys, *args):
-    """The real entry point in-process: (exit code, stdout, stderr)."""
-    from cnncli.cli import main
-
-    monkeypatch.setattr(sys, "argv", ["cnn", *map(str, args)])
-    with pytest.raises(SystemExit) as e:
-        main()
-    out = capsys.readouterr()
-    return e.value.code, out.out, out.err
-
-
-def test_cli_summary_table(monkeypatch, capsys):
-    code, out, _ = run_main(monkeypatch, capsys, "summary", "--arch", "net1", "--dataset", "mnist")
+def test_cli_summary_table(run_cnn):
+    code, out, _ = run_cnn("summary", "--arch", "net1", "--dataset", "mnist")
     assert code == 0
     lines = out.splitlines()
     assert any(line.split()[:2] == ["conv2d_1", "Conv"] and "(28, 28, 64)" in line and "18,496" in line
@@ -216,8 +205,8 @@ def test_cli_summary_table(monkeypatch, capsys):
     assert "21,100,288 MACs, 42,200,576 FLOPs" in out
 
 
-def test_cli_summary_json(monkeypatch, capsys):
-    code, out, _ = run_main(monkeypatch, capsys, "summary", "--arch", "catsdogs", "--dataset", "cats_vs_dogs", "--json")
+def test_cli_summary_json(run_cnn):
+    code, out, _ = run_cnn("summary", "--arch", "catsdogs", "--dataset", "cats_vs_dogs", "--json")
     s = json.loads(out)
     assert code == 0 and len(out.splitlines()) == 1
     assert (s["input_shape"], s["num_classes"], s["binary_head"]) == ([128, 128, 3], 2, True)
@@ -227,11 +216,11 @@ def test_cli_summary_json(monkeypatch, capsys):
     assert s["flops"] == 2 * s["macs"] > 0
 
 
-def test_cli_summary_errors(monkeypatch, capsys):
-    code, out, err = run_main(monkeypatch, capsys, "summary", "--arch", "nope", "--input-shape", "8,8,1",
+def test_cli_summary_errors(run_cnn):
+    code, out, err = run_cnn("summary", "--arch", "nope", "--input-shape", "8,8,1",
                               "--classes", "10")
     assert code != 0 and out == "" and err.count("\n") == 1 and err.startswith("error: unknown arch 'nope'")
-    code, _, err = run_main(monkeypatch, capsys, "summary", "--arch", "lenet5", "--dataset", "digits")
+    code, _, err = run_cnn("summary", "--arch", "lenet5", "--dataset", "digits")
     assert code != 0 and err == "error: arch lenet5 needs inputs of at least 12x12; got 8x8\n"
-    code, _, err = run_main(monkeypatch, capsys, "summary", "--arch", "net1", "--input-shape", "28,28")
+    code, _, err = run_cnn("summary", "--arch", "net1", "--input-shape", "28,28")
     assert code != 0 and err.startswith("error: --input-shape")

@@ -36,17 +36,6 @@ def mnist(tmp_path_factory):
     return trained_run(tmp_path_factory, "mnist", dataset="mnist", limit=3000)
 
 
-def run_main(monkeypatch, capsys, *args):
-    """The real entry point in-process (JAX already warm): (exit code, stdout, stderr)."""
-    from cnncli.cli import main
-
-    monkeypatch.setattr(sys, "argv", ["cnn", *map(str, args)])
-    with pytest.raises(SystemExit) as e:
-        main()
-    out = capsys.readouterr()
-    return e.value.code, out.out, out.err
-
-
 def bomb_png(path: Path, side: int = 20000) -> None:
     """A valid 1-bit PNG of side x side pixels (400 M for 20000), written row by row: about 60 kB."""
     def chunk(kind, data):
@@ -145,9 +134,9 @@ def test_cli_text_mode_exit_code_and_error_lines(digits, mixed):
     assert table[0].split()[:3] == ["file", "class", "probability"] and len(table) == 1 + len(expected) - len(bad)
 
 
-def test_json_output(digits, mixed, monkeypatch, capsys):
+def test_json_output(digits, mixed, run_cnn):
     folder, _ = mixed
-    code, out, err = run_main(monkeypatch, capsys, "predict", folder / "a_digit.png", folder / "empty.jpg",
+    code, out, err = run_cnn("predict", folder / "a_digit.png", folder / "empty.jpg",
                               "--model", digits["run_dir"], "--json", "--top-k", "2")
     assert code == 1
     good, bad = json.loads(out)
@@ -155,21 +144,21 @@ def test_json_output(digits, mixed, monkeypatch, capsys):
     assert bad == {"file": str(folder / "empty.jpg"), "error": "empty file"}
 
 
-def test_broken_run_directories_fail_in_one_line(digits, tmp_path, monkeypatch, capsys):
+def test_broken_run_directories_fail_in_one_line(digits, tmp_path, run_cnn):
     wrong_arch = tmp_path / "wrong_arch"
     shutil.copytree(digits["run_dir"], wrong_arch)
     cfg = json.loads((wrong_arch / "config.json").read_text())
     (wrong_arch / "config.json").write_text(json.dumps(cfg | {"arch": "net1"}))  # net2's weights, net1's shapes
     img = tmp_path / "d.png"
     digit_image().save(img)
-    code, out, err = run_main(monkeypatch, capsys, "predict", img, "--model", wrong_arch)
+    code, out, err = run_cnn("predict", img, "--model", wrong_arch)
     assert code == 2 and out == "" and len(err.strip().splitlines()) == 1
     assert err.startswith("error: ") and "another architecture" in err
 
     no_ckpt = tmp_path / "no_ckpt"
     shutil.copytree(digits["run_dir"], no_ckpt)
     shutil.rmtree(no_ckpt / "checkpoints")
-    code, out, err = run_main(monkeypatch, capsys, "predict", img, "--model", no_ckpt)
+    code, out, err = run_cnn("predict", img, "--model", no_ckpt)
     assert code == 2 and err == f"error: no checkpoint at {no_ckpt / 'checkpoints' / 'last.msgpack'}\n"
 
 
@@ -267,17 +256,17 @@ def test_saliency_is_the_gradient_of_the_predicted_logit(digits):
     assert abs(logit(bumped) - logit(u)) / eps == pytest.approx(float(sal[i, j]), rel=0.05)
 
 
-def test_explain_writes_png_and_refuses_to_overwrite_input(digits, tmp_path, monkeypatch, capsys):
+def test_explain_writes_png_and_refuses_to_overwrite_input(digits, tmp_path, run_cnn):
     img = tmp_path / "d.png"
     digit_image(0).save(img)
-    code, out, err = run_main(monkeypatch, capsys, "explain", img, "--model", digits["run_dir"], "--json")
+    code, out, err = run_cnn("explain", img, "--model", digits["run_dir"], "--json")
     assert code in (0, None)
     r = json.loads(out)
     assert r["class"] == "0" and 0 < r["probability"] <= 1
     assert r["png"] == str(Path(digits["run_dir"]) / "explain" / "d_saliency.png")
     with Image.open(r["png"]) as im:
         assert im.format == "PNG" and im.size[0] > 600 and im.size[1] > 200
-    code, out, err = run_main(monkeypatch, capsys, "explain", img, "--model", digits["run_dir"], "--out", img)
+    code, out, err = run_cnn("explain", img, "--model", digits["run_dir"], "--out", img)
     assert code == 2 and err == f"error: --out {img} is the input image; refusing to overwrite it\n"
 
 
@@ -303,12 +292,12 @@ def test_binary_head_prints_p1_and_explains_the_predicted_side(tmp_path):
         assert run.classes[cls] == r["class"] and prob == pytest.approx(r["probability"], rel=1e-4)
 
 
-def test_bad_options_are_one_line(digits, tmp_path, monkeypatch, capsys):
+def test_bad_options_are_one_line(digits, tmp_path, run_cnn):
     img = tmp_path / "d.png"
     digit_image().save(img)
-    code, _, err = run_main(monkeypatch, capsys, "predict", img, "--model", digits["run_dir"], "--invert", "maybe")
+    code, _, err = run_cnn("predict", img, "--model", digits["run_dir"], "--invert", "maybe")
     assert code == 2 and err == "error: --invert must be one of auto, yes, no, not 'maybe'\n"
-    code, _, err = run_main(monkeypatch, capsys, "predict", img, "--json", "--csv")
+    code, _, err = run_cnn("predict", img, "--json", "--csv")
     assert code == 2 and err == "error: choose one of --json and --csv\n"
     with pytest.raises(CnnError, match="does not exist"):
         load_run(tmp_path / "nowhere")
