@@ -49,15 +49,14 @@ def _order(seed: int, epoch: int, n: int) -> np.ndarray:
     return np.random.default_rng([seed, epoch]).permutation(n)
 
 
-def evaluate_arrays(eval_step, params, rest, mesh, x, y, batch_size: int, want_probs=False):
-    """(loss, accuracy, probs|None) over a whole split, in padded fixed-size batches."""
+def evaluate_arrays(eval_step, params, rest, mesh, x, y, batch_size: int):
+    """(loss, accuracy) over a whole split, in padded fixed-size batches."""
     n = len(x)
     if n == 0:
-        return float("nan"), float("nan"), None
+        return float("nan"), float("nan")
     bs = min(batch_size, _round_up(n, mesh.size))
     bs = _round_up(bs, mesh.size)
-    loss = correct = 0.0
-    probs = []
+    sums = []
     for i in range(0, n, bs):
         xb, yb = np.asarray(x[i : i + bs]), np.asarray(y[i : i + bs], np.int32)
         m = len(xb)
@@ -67,12 +66,9 @@ def evaluate_arrays(eval_step, params, rest, mesh, x, y, batch_size: int, want_p
             xb = np.concatenate([xb, np.zeros((pad, *xb.shape[1:]), xb.dtype)])
             yb = np.concatenate([yb, np.zeros(pad, np.int32)])
             w[m:] = 0.0
-        l, c, p = eval_step(params, rest, put(mesh, xb), put(mesh, yb), put(mesh, w))
-        loss += float(l)
-        correct += float(c)
-        if want_probs:
-            probs.append(np.asarray(p)[:m])
-    return loss / n, correct / n, (np.concatenate(probs) if want_probs else None)
+        sums.append(eval_step(params, rest, put(mesh, xb), put(mesh, yb), put(mesh, w))[:2])
+    loss, correct = np.sum(jax.device_get(sums), axis=0, dtype=np.float64)  # one host sync per split
+    return float(loss) / n, float(correct) / n
 
 
 def _round_up(a: int, b: int) -> int:
@@ -191,7 +187,7 @@ def fit(cfg: TrainConfig, progress: Progress, resume: Path | None = None) -> dic
             eval_params = state.ema if cfg.ema else state.params
             val_loss = val_acc = None
             if ds.val is not None and len(ds.val.y):
-                val_loss, val_acc = evaluate_arrays(eval_step, eval_params, state.rest, mesh, ds.val.x, ds.val.y, eval_bs)[:2]
+                val_loss, val_acc = evaluate_arrays(eval_step, eval_params, state.rest, mesh, ds.val.x, ds.val.y, eval_bs)
             seconds = time.monotonic() - t0
             loop.train_seconds += seconds
             row = {
@@ -232,7 +228,7 @@ def fit(cfg: TrainConfig, progress: Progress, resume: Path | None = None) -> dic
     best_params = best_state.ema if cfg.ema else best_state.params
     test_loss = test_acc = None
     if ds.test is not None and len(ds.test.y):
-        test_loss, test_acc = evaluate_arrays(eval_step, best_params, best_state.rest, mesh, ds.test.x, ds.test.y, eval_bs)[:2]
+        test_loss, test_acc = evaluate_arrays(eval_step, best_params, best_state.rest, mesh, ds.test.x, ds.test.y, eval_bs)
     steady = [r["images_per_s"] for r in loop.history[1:]] or [r["images_per_s"] for r in loop.history]
     summary = {
         "run_dir": str(run_dir),
