@@ -181,10 +181,10 @@ def run_peer(framework: str, arch: str, input_shape, batch_size: int, mode: str,
     """(rows, note): the peer's JSON rows from its reference script, or no rows and why not."""
     if framework not in PEERS:
         return [], f"unknown peer {framework!r} (choose from {', '.join(PEERS)})"
-    if importlib.util.find_spec(PEERS[framework]) is None:
-        return [], f"{framework}: not installed (pip install -e '.[bench]'); skipped"
     if arch not in PEER_ARCHS:
         return [], f"{framework}: no reference implementation of {arch} (only {', '.join(PEER_ARCHS)}); skipped"
+    if importlib.util.find_spec(PEERS[framework]) is None:
+        return [], f"{framework}: not installed (pip install -e '.[bench]'); skipped"
     cmd = [sys.executable, str(BENCH_DIR / f"{framework}_ref.py"), "--arch", arch,
            "--input-shape", ",".join(map(str, input_shape)), "--batch-size", str(batch_size), "--mode", mode,
            "--repeats", str(repeats), "--steps", str(steps)]
