@@ -239,10 +239,10 @@ def train(
     if json:
         o.emit_json(summary)
     else:
-        ta = summary["test_accuracy"]
+        fmt = lambda v: "-" if v is None else f"{v:.4f}"  # noqa: E731  (no val split / no test split)
         o.print(f"done in {summary['train_seconds']:.1f}s ({summary['images_per_s']:,.0f} img/s); best epoch "
-                f"{summary['best_epoch']}, val accuracy {summary['best_val_accuracy']}, "
-                f"test accuracy {'-' if ta is None else f'{ta:.4f}'}")
+                f"{summary['best_epoch']}, val accuracy {fmt(summary['best_val_accuracy'])}, "
+                f"test accuracy {fmt(summary['test_accuracy'])}")
         o.print(f"run directory: {summary['run_dir']}")
 
 # --- evaluate/predict/explain commands ---

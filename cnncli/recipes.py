@@ -1,7 +1,8 @@
-"""Named recipes: documented option sets that reach a stated accuracy on a 2-core CPU.
+"""Named recipes: documented option sets aimed at a stated accuracy on a 2-core CPU.
 
 Each recipe is only options for `cnn train`; every one can still be overridden on the command
-line. `expected` states what the recipe reached here (command, machine, evidence in README.md).
+line. `expected` states what the recipe reached on the 2-core CPU of README.md's results table,
+measured with `cnn train --recipe NAME --seed S`; the description says what it aims at.
 """
 
 from __future__ import annotations
@@ -10,32 +11,32 @@ from .errors import CnnError
 
 RECIPES: dict[str, dict] = {
     "mnist-fast": {
-        "description": "MNIST to >= 99.0% test in about 30 s of training",
+        "description": "seed-004 workshop net, one-cycle Adam, 3 epochs; aims at >= 99.0% MNIST test in 30 s",
         "options": dict(arch="workshop", dataset="mnist", epochs=3, batch_size=128, optimizer="adam", lr=3e-3,
                         schedule="onecycle", val_split=0.0),
-        "expected": "see README results table",
+        "expected": "99.07% / 99.14% test (seeds 0, 1) in 97 s / 90 s",
     },
     "mnist-best": {
-        "description": "MNIST to >= 99.6% test within 15 minutes",
+        "description": "small residual net, shift/rotate augmentation; aims at >= 99.6% MNIST test in 15 min",
         "options": dict(arch="resnet_cifar", dataset="mnist", epochs=12, batch_size=64, optimizer="adamw", lr=3e-3,
                         weight_decay=5e-4, schedule="onecycle", augment="shift,rotate", label_smoothing=0.1,
                         val_split=0.0, normalize="standard"),
-        "expected": "see README results table",
+        "expected": "not measured yet",
     },
     "cifar10-90": {
-        "description": "CIFAR-10 to >= 90% test within 30 minutes (residual net, crop+flip, one-cycle, TTA)",
+        "description": "residual net, crop+flip, one-cycle SGD, flip TTA; aims at >= 90% CIFAR-10 test in 30 min",
         "options": dict(arch="resnet_cifar", dataset="cifar10", epochs=8, batch_size=128, optimizer="sgd", lr=0.1,
                         momentum=0.9, weight_decay=5e-4, schedule="onecycle", augment="crop,flip",
                         label_smoothing=0.1, val_split=0.0, normalize="standard", tta_flip=True),
-        "expected": "see README results table",
+        "expected": "CIFAR_EXPECTED",
     },
     "cats-vs-dogs-90": {
-        "description": "cats vs dogs (128x128, 4,000 photos) to >= 90% test within 30 minutes",
+        "description": "residual net at 128x128, strong augmentation, flip TTA; aims at >= 90% test in 30 min",
         "options": dict(arch="resnet_photo", dataset="cats_vs_dogs", image_size=128, epochs=30, batch_size=64,
                         optimizer="adamw", lr=2e-3, weight_decay=5e-4, schedule="onecycle",
                         augment="flip,crop,zoom,rotate,color", label_smoothing=0.1, val_split=0.0,
                         normalize="standard", tta_flip=True),
-        "expected": "see README results table",
+        "expected": "86.4% test (seed 0) in 22.4 min",
     },
 }
 
