@@ -469,7 +469,7 @@ def compare(
 
 @app.command()
 def bench(
-    arch: str = typer.Option("net1", "--arch", help="Architecture name (see `cnn models`)."),
+    arch: str = typer.Option("net1", "--arch", help="Architecture name (the list: `cnn summary --help`)."),
     dataset: str = typer.Option("mnist", "--dataset", help="Data set giving the input shape, classes and real batches."),
     input_shape: Optional[str] = typer.Option(None, "--input-shape", help="H,W,C instead of the data set's (no pipeline measure)."),
     classes: int = typer.Option(10, "--classes", help="Number of classes with --input-shape."),
