@@ -263,7 +263,7 @@ def summarize(plan: Plan, comp_dir: Path, records: list[dict], shared: dict, dif
             runs = [r for r in records if r["dataset"] == dataset and r["variant"] == v.label]
             ok = [r for r in runs if "error" not in r]
             rows.append({"variant": v.label, "n": len(ok), "diverged": len(runs) - len(ok),
-                         "epochs": ok[0]["epochs"] if ok else 0}
+                         "epochs": ok[0]["epochs"] if ok else 0, "chance": _chance(ok[0]["run_dir"]) if ok else None}
                         | {k: _mean_std([r[k] for r in ok]) for k, _ in COLUMNS})
             if ok:
                 panel[v.label] = mean_curves([r["run_dir"] for r in ok])
@@ -314,7 +314,10 @@ def conclusion(dataset: str, rows: list[dict]) -> str:
     by_q = sorted(rows, key=lambda r: -mean(r, quality))
     top, second = by_q[0], by_q[1]
     gap = mean(top, quality) - mean(second, quality)
-    parts = [_speed_clause(rows)]
+    # A variant stuck near chance "reaches 99% of its best" at once: it must not win on speed.
+    learned = [r for r in rows if not _stuck(r)]
+    stuck = [r["variant"] for r in rows if _stuck(r)]
+    parts = [_speed_clause(learned)] if len(learned) >= 2 else []
     if gap == 0:
         parts.append(f"{top['variant']} and {second['variant']} generalised equally well "
                      f"({what} {mean(top, quality):.4f})")
@@ -322,8 +325,21 @@ def conclusion(dataset: str, rows: list[dict]) -> str:
         parts.append(f"{top['variant']} generalised {'better' if len(rows) == 2 else 'best'} ({what} "
                      f"{mean(top, quality):.4f} vs {mean(second, quality):.4f} for {second['variant']}, "
                      f"{gap * 100:+.2f} points{_noise(top, second, quality)})")
-    parts.append(_overfit_clause(rows))
+    parts.append(_overfit_clause(learned or rows))
+    if stuck:
+        parts.append(f"did not learn (best val accuracy within 10% of chance, {rows[0]['chance']:.2f}): "
+                     + ", ".join(stuck))
     return f"{dataset}: " + "; ".join(parts) + note + "."
+
+
+def _stuck(row: dict) -> bool:
+    chance = row.get("chance")
+    return chance is not None and row["best_val_accuracy"]["mean"] <= chance + 0.1 * (1 - chance)
+
+
+def _chance(run_dir) -> float:
+    """Accuracy of guessing: 1 / number of classes, from the run's config.json."""
+    return 1 / len(json.loads((Path(run_dir) / "config.json").read_text())["data"]["classes"])
 
 
 def _speed_clause(rows: list[dict]) -> str:

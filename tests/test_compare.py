@@ -266,3 +266,15 @@ def test_compare_pooling_on_real_mnist(tmp_path, data_dir):
     assert f"{abs(tests['net1'] - tests['net2']) * 100:.2f} points" in lines[2]
     assert saved["varied_settings"] == {"arch": ["net1", "net2"]}
     assert saved["shared_settings"]["batch_size"] == 128 and saved["shared_settings"]["optimizer"] == "adam"
+
+
+def test_a_variant_stuck_at_chance_does_not_win_on_speed():
+    # Adadelta at Keras' lr 1e-3 barely moves in a few epochs: its "99% of best" comes at epoch 1.
+    rows = [row("adam", 6, 0.94, 8), row("adadelta", 1, 0.09, 8), row("adagrad", 5, 0.10, 8)]
+    for r in rows:
+        r["chance"] = 0.1
+    line = conclusion("digits", rows)
+    assert "converged" not in line  # one variant learned: no speed race to report
+    assert line.endswith("did not learn (best val accuracy within 10% of chance, 0.10): adadelta, adagrad.")
+    rows[2]["best_val_accuracy"]["mean"] = 0.80
+    assert "adagrad converged faster (99% of its best val accuracy at epoch 5 vs 6 for adam)" in conclusion("digits", rows)
