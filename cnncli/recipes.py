@@ -28,7 +28,7 @@ RECIPES: dict[str, dict] = {
         "options": dict(arch="resnet_cifar", dataset="cifar10", epochs=8, batch_size=128, optimizer="sgd", lr=0.1,
                         momentum=0.9, weight_decay=5e-4, schedule="onecycle", augment="crop,flip",
                         label_smoothing=0.1, val_split=0.0, normalize="standard", tta_flip=True),
-        "expected": "CIFAR_EXPECTED",
+        "expected": "83.0% test (seed 0) in 32.8 min",
     },
     "cats-vs-dogs-90": {
         "description": "residual net at 128x128, strong augmentation, flip TTA; aims at >= 90% test in 30 min",
