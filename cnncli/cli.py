@@ -206,15 +206,15 @@ def train(
     json: bool = typer.Option(False, "--json", help=JSON_HELP),
 ):
     """Train an architecture on a data set; writes a run directory with checkpoints and curves."""
+    # The training options, read before any other local exists (everything but the command's own switches).
+    given = {k: v for k, v in locals().items() if k not in ("json", "resume", "recipe")}
     import os
 
-    from .console import Out
+    from .console import Out, fmt
     from .train import TrainConfig, read_config, resolve
     from .train.progress import Progress
 
     o = Out(json=json)
-    given = {k: v for k, v in locals().items() if k not in ("o", "os", "Out", "TrainConfig", "read_config",
-                                                              "resolve", "Progress", "json", "resume", "recipe")}
     if data_dir is None and os.environ.get("CNN_DATA_DIR"):
         given["data_dir"] = os.environ["CNN_DATA_DIR"]
     if resume is not None:
@@ -239,7 +239,6 @@ def train(
     if json:
         o.emit_json(summary)
     else:
-        fmt = lambda v: "-" if v is None else f"{v:.4f}"  # noqa: E731  (no val split / no test split)
         o.print(f"done in {summary['train_seconds']:.1f}s ({summary['images_per_s']:,.0f} img/s); best epoch "
                 f"{summary['best_epoch']}, val accuracy {fmt(summary['best_val_accuracy'])}, "
                 f"test accuracy {fmt(summary['test_accuracy'])}")

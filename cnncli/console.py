@@ -25,7 +25,7 @@ class Out:
 
     def table(self, title: str | None, columns: list[str], rows: list[list], justify_numbers=True) -> None:
         """A table: Rich box on a terminal, fixed-width plain columns elsewhere (CI logs, pipes)."""
-        rows = [[_fmt(c) for c in r] for r in rows]
+        rows = [[fmt(c) for c in r] for r in rows]
         if self.is_tty:
             t = Table(title=title, show_lines=False)
             for i, c in enumerate(columns):
@@ -53,7 +53,10 @@ class Out:
         sys.stdout.flush()
 
 
-def _fmt(v) -> str:
+def fmt(v) -> str:
+    """A table cell or summary number: 4 decimals, thousands separators, "-" for a missing value."""
+    if v is None:
+        return "-"
     if isinstance(v, float):
         return f"{v:.4f}" if abs(v) < 1000 else f"{v:,.0f}"
     if isinstance(v, int) and not isinstance(v, bool):

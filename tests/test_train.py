@@ -5,6 +5,7 @@ MNIST test uses the real files in $CNN_DATA_DIR and is skipped without them.
 """
 
 import json
+import re
 import os
 import signal
 import subprocess
@@ -110,6 +111,11 @@ def test_json_and_plain_output(tmp_path):
     # Not a terminal: one plain line per epoch, no escape codes, no progress bar.
     lines = [l for l in r.stderr.splitlines() if l.startswith("epoch")]
     assert len(lines) == 2 and "\x1b[" not in r.stderr
+    # Without --json the summary goes to stdout; a missing number (no val split) prints as "-".
+    r = cli("train", "--arch", "net2", "--dataset", "digits", "--epochs", "1", "--val-split", "0", "--out", str(tmp_path))
+    assert r.returncode == 0, r.stderr
+    done = next(l for l in r.stdout.splitlines() if l.startswith("done in"))
+    assert re.search(r"best epoch 1, val accuracy -, test accuracy 0\.\d{4}$", done), done
 
 
 def test_user_errors_are_one_line(tmp_path):
