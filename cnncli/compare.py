@@ -22,7 +22,7 @@ from pathlib import Path
 
 from .errors import CnnError
 from .fsutil import write_json, write_text
-from .train import read_history, resolve
+from .train import read_config, read_history, resolve
 
 # --vary key -> TrainConfig field. Values are comma separated; `augment` joins its ops with "+".
 VARY_KEYS = {
@@ -230,7 +230,7 @@ def run(plan: Plan, out, progress_factory) -> dict:
 
 
 def run_stats(run_dir) -> dict:
-    """The comparison's numbers for one run, from its history.csv and metrics.json alone."""
+    """The comparison's numbers for one run, from its own files (history, metrics, config) alone."""
     run_dir = Path(run_dir)
     hist = read_history(run_dir)
     metrics = json.loads((run_dir / "metrics.json").read_text())
@@ -251,6 +251,7 @@ def run_stats(run_dir) -> dict:
         "seconds_per_epoch": statistics.fmean(steady),
         "test_accuracy": metrics["test_accuracy"],
         "epochs": len(hist),
+        "chance": 1 / len(read_config(run_dir)["data"]["classes"]),  # accuracy of guessing
     }
 
 
@@ -263,7 +264,7 @@ def summarize(plan: Plan, comp_dir: Path, records: list[dict], shared: dict, dif
             runs = [r for r in records if r["dataset"] == dataset and r["variant"] == v.label]
             ok = [r for r in runs if "error" not in r]
             rows.append({"variant": v.label, "n": len(ok), "diverged": len(runs) - len(ok),
-                         "epochs": ok[0]["epochs"] if ok else 0, "chance": _chance(ok[0]["run_dir"]) if ok else None}
+                         "epochs": ok[0]["epochs"] if ok else 0, "chance": ok[0]["chance"] if ok else None}
                         | {k: _mean_std([r[k] for r in ok]) for k, _ in COLUMNS})
             if ok:
                 panel[v.label] = mean_curves([r["run_dir"] for r in ok])
@@ -315,8 +316,8 @@ def conclusion(dataset: str, rows: list[dict]) -> str:
     top, second = by_q[0], by_q[1]
     gap = mean(top, quality) - mean(second, quality)
     # A variant stuck near chance "reaches 99% of its best" at once: it must not win on speed.
-    learned = [r for r in rows if not _stuck(r)]
-    stuck = [r["variant"] for r in rows if _stuck(r)]
+    stuck = [r for r in rows if _stuck(r)]
+    learned = [r for r in rows if r not in stuck]
     parts = [_speed_clause(learned)] if len(learned) >= 2 else []
     if gap == 0:
         parts.append(f"{top['variant']} and {second['variant']} generalised equally well "
@@ -328,18 +329,13 @@ def conclusion(dataset: str, rows: list[dict]) -> str:
     parts.append(_overfit_clause(learned or rows))
     if stuck:
         parts.append(f"did not learn (best val accuracy within 10% of chance, {rows[0]['chance']:.2f}): "
-                     + ", ".join(stuck))
+                     + ", ".join(r["variant"] for r in stuck))
     return f"{dataset}: " + "; ".join(parts) + note + "."
 
 
 def _stuck(row: dict) -> bool:
     chance = row.get("chance")
     return chance is not None and row["best_val_accuracy"]["mean"] <= chance + 0.1 * (1 - chance)
-
-
-def _chance(run_dir) -> float:
-    """Accuracy of guessing: 1 / number of classes, from the run's config.json."""
-    return 1 / len(json.loads((Path(run_dir) / "config.json").read_text())["data"]["classes"])
 
 
 def _speed_clause(rows: list[dict]) -> str:

@@ -99,6 +99,7 @@ def fake_run(path: Path, val_acc, val_loss, seconds, test_acc=0.9, parameters=12
     path.mkdir(parents=True)
     write_history(path, rows)
     write_json(path / "metrics.json", {"parameters": parameters, "test_accuracy": test_acc})
+    write_json(path / "config.json", {"data": {"classes": ["cat", "dog", "bird", "fish"]}})
     return path
 
 
@@ -112,6 +113,7 @@ def test_run_stats_read_the_history(tmp_path):
     assert s["lowest_val_loss_epoch"] == 3
     assert s["seconds_per_epoch"] == 2.4  # epoch 1 (compilation) left out
     assert (s["parameters"], s["test_accuracy"], s["epochs"]) == (1234, 0.9, 6)
+    assert s["chance"] == 0.25  # four classes in config.json
 
 
 def row(variant, to99, test, low_loss, epochs=10, best_epoch=None, n=1, std=0.0):
@@ -265,6 +267,7 @@ def test_compare_pooling_on_real_mnist(tmp_path, data_dir):
     assert f"{winner} generalised better" in lines[2]
     assert f"{abs(tests['net1'] - tests['net2']) * 100:.2f} points" in lines[2]
     assert saved["varied_settings"] == {"arch": ["net1", "net2"]}
+    assert [row["chance"] for row in saved["summary"]["mnist"]] == [0.1, 0.1]  # ten digit classes
     assert saved["shared_settings"]["batch_size"] == 128 and saved["shared_settings"]["optimizer"] == "adam"
 
 
