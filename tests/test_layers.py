@@ -1,10 +1,10 @@
 """The fast layer formulations equal the plain ones: values and gradients.
 
-Tolerances: forward convolutions and pooling run the very same XLA ops as the reference, so they
-must match exactly. The convolution's kernel gradient sums the same products in another order
-(one matmul over N*H*W instead of XLA's convolution), so fp32 rounding differs: relative error
-~1e-7 per term, 1e-5 of the gradient's scale bounds it with room while still catching any
-wrong tap, stride or padding (those give O(1) errors). Max-pool values are exact; its gradient
+Tolerances: pooling runs the very same XLA ops as the reference, so its values must match exactly.
+The convolutions (a sum of shifted slices for few input channels, im2col + matmul when strided,
+and always for the kernel gradient) sum the same products in another order, so fp32 rounding
+differs: relative error ~1e-7 per term, 1e-5 of the output's scale bounds it with room while
+still catching any wrong tap, stride or padding (those give O(1) errors). Max-pool values are exact; its gradient
 adds the shares of overlapping windows in another order (rounding only, 1e-6), while a tie sent to
 the wrong pixel would be an O(1) error.
 """
@@ -32,12 +32,13 @@ def _data(shape, kshape, seed=0):
     return jax.random.normal(kx, shape), jax.random.normal(kk, kshape), jax.random.normal(kb, kshape[-1:])
 
 
+@pytest.mark.parametrize("cin", [1, 3, 8])  # 1 and 3: sum of shifted slices; 8: lax conv or strided im2col
 @pytest.mark.parametrize("size,kernel,stride,padding", [
     (12, 3, 1, "SAME"), (9, 3, 2, "SAME"), (10, 3, 2, "SAME"), (9, 3, 1, "VALID"),
     (11, 5, 2, "VALID"), (8, 4, 2, "SAME"), (7, 1, 1, "SAME"), (9, 3, 1, ((2, 0), (1, 1))),
 ])
-def test_conv2d_values_and_gradients_equal_lax(size, kernel, stride, padding):
-    x, k, b = _data((3, size, size + 1, 4), (kernel, kernel, 4, 6))
+def test_conv2d_values_and_gradients_equal_lax(size, kernel, stride, padding, cin):
+    x, k, b = _data((3, size, size + 1, cin), (kernel, kernel, cin, 6))
 
     def plain(x, k, b):
         return lax.conv_general_dilated(x, k, (stride, stride), padding, dimension_numbers=DN) + b
@@ -45,13 +46,29 @@ def test_conv2d_values_and_gradients_equal_lax(size, kernel, stride, padding):
     def fast(x, k, b):
         return layers.conv2d(x, k, b, stride, padding)
 
-    np.testing.assert_array_equal(jax.jit(fast)(x, k, b), plain(x, k, b))
+    _close(jax.jit(fast)(x, k, b), plain(x, k, b))
     # A non-uniform cotangent, so every output pixel's gradient path counts differently.
     w = jax.random.normal(jax.random.key(9), plain(x, k, b).shape)
     g_plain = jax.grad(lambda *a: (plain(*a) * w).sum(), (0, 1, 2))(x, k, b)
     g_fast = jax.jit(jax.grad(lambda *a: (fast(*a) * w).sum(), (0, 1, 2)))(x, k, b)
     for got, want in zip(g_fast, g_plain):
         _close(got, want)
+
+
+@pytest.mark.parametrize("budget,stride", [(1, 1), (1, 2), (3 * 8 * 8 * 9 * 4 * 4, 1)])
+def test_conv_kernel_gradient_summed_over_batch_chunks(monkeypatch, budget, stride):
+    """The kernel gradient sums the batch in chunks (one image, or 3 of a batch of 6): same gradient."""
+    monkeypatch.setattr(layers, "CHUNK_BYTES", budget)
+    x, k, _ = _data((6, 8, 8, 4), (3, 3, 4, 5), seed=1)
+    assert layers._chunk(6, 8 * 8 * 9 * 4 * 4) == (3 if budget > 1 else 1)
+
+    def plain(k):
+        return lax.conv_general_dilated(x, k, (stride, stride), "SAME", dimension_numbers=DN)
+
+    w = jax.random.normal(jax.random.key(2), plain(k).shape)
+    want = jax.grad(lambda k: (plain(k) * w).sum())(k)
+    got = jax.jit(jax.grad(lambda k: (layers.conv2d(x, k, stride=stride) * w).sum()))(k)
+    _close(got, want)
 
 
 def test_conv_module_is_nnx_conv_with_fast_gradients():
@@ -61,7 +78,7 @@ def test_conv_module_is_nnx_conv_with_fast_gradients():
     assert jax.tree.map(jnp.shape, nnx.state(fast, nnx.Param)) == jax.tree.map(jnp.shape, nnx.state(plain, nnx.Param))
     np.testing.assert_array_equal(fast.kernel[...], plain.kernel[...])
     x = jax.random.normal(jax.random.key(1), (2, 12, 12, 3))
-    np.testing.assert_array_equal(fast(x), plain(x))
+    _close(fast(x), plain(x))
 
     def loss(m, x):
         return (m(x) ** 2).sum()
