@@ -55,20 +55,23 @@ def test_conv2d_values_and_gradients_equal_lax(size, kernel, stride, padding, ci
         _close(got, want)
 
 
-@pytest.mark.parametrize("budget,stride", [(1, 1), (1, 2), (3 * 8 * 8 * 9 * 4 * 4, 1)])
-def test_conv_kernel_gradient_summed_over_batch_chunks(monkeypatch, budget, stride):
-    """The kernel gradient sums the batch in chunks (one image, or 3 of a batch of 6): same gradient."""
+@pytest.mark.parametrize("budget,stride", [(1, 1), (1, 2), (3 * 8 * 8 * 9 * 8 * 4, 1), (3 * 4 * 4 * 9 * 8 * 4, 2)])
+def test_convolution_summed_over_batch_chunks(monkeypatch, budget, stride):
+    """Chunked forms (one image per chunk, or 3 of a batch of 6) give the same values and gradients."""
     monkeypatch.setattr(layers, "CHUNK_BYTES", budget)
-    x, k, _ = _data((6, 8, 8, 4), (3, 3, 4, 5), seed=1)
-    assert layers._chunk(6, 8 * 8 * 9 * 4 * 4) == (3 if budget > 1 else 1)
+    x, k, _ = _data((6, 8, 8, 8), (3, 3, 8, 5), seed=1)
+    out = 8 // stride
+    assert layers._chunk(6, out * out * 9 * 8 * 4) == (3 if budget > 1 else 1)
 
-    def plain(k):
+    def plain(x, k):
         return lax.conv_general_dilated(x, k, (stride, stride), "SAME", dimension_numbers=DN)
 
-    w = jax.random.normal(jax.random.key(2), plain(k).shape)
-    want = jax.grad(lambda k: (plain(k) * w).sum())(k)
-    got = jax.jit(jax.grad(lambda k: (layers.conv2d(x, k, stride=stride) * w).sum()))(k)
-    _close(got, want)
+    w = jax.random.normal(jax.random.key(2), plain(x, k).shape)
+    _close(jax.jit(lambda x, k: layers.conv2d(x, k, stride=stride))(x, k), plain(x, k))
+    want = jax.grad(lambda x, k: (plain(x, k) * w).sum(), (0, 1))(x, k)
+    got = jax.jit(jax.grad(lambda x, k: (layers.conv2d(x, k, stride=stride) * w).sum(), (0, 1)))(x, k)
+    for g, g_want in zip(got, want):
+        _close(g, g_want)
 
 
 def test_conv_module_is_nnx_conv_with_fast_gradients():
