@@ -187,7 +187,8 @@ def _conv_kernel_grad(x, dy, kernel_shape, strides, pads):
         return acc + lax.dot_general(patches, dyc.reshape(-1, cout), (((0,), (0,)), ((), ())),
                                      preferred_element_type=jnp.float32)
 
-    grad = lax.fori_loop(0, n // c, add_chunk, jnp.zeros((kh * kw * cin, cout), jnp.float32))
+    zero = jnp.zeros((kh * kw * cin, cout), jnp.float32)
+    grad = add_chunk(0, zero) if c == n else lax.fori_loop(0, n // c, add_chunk, zero)
     return grad.reshape(kh, kw, cin, cout)
 
 
