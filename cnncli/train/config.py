@@ -104,6 +104,11 @@ def resolve(overrides: dict, recipe: dict | None = None) -> TrainConfig:
     dataset = given.get("dataset", merged.get("dataset", TrainConfig.dataset))
     if _fixed_size(dataset):
         base.pop("image_size", None)  # an arch's photo size must not blow 28x28 digits up to 128x128
+    if _digits(dataset):
+        # An arch's photo defaults must not mirror digits (a mirrored 2 is no 2): no flip
+        # augmentation, no flip averaging at test time, unless the user or a recipe asks for it.
+        base.pop("tta_flip", None)
+        base["augment"] = ",".join(a for a in augment_list(base.get("augment")) if a != "flip") or "none"
     base.update(merged)
     base.update(given)
     unknown = set(base) - {f.name for f in dataclasses.fields(TrainConfig)}
@@ -112,6 +117,14 @@ def resolve(overrides: dict, recipe: dict | None = None) -> TrainConfig:
     cfg = TrainConfig(**base)
     cfg.validate()
     return cfg
+
+
+def _digits(dataset: str) -> bool:
+    """True for the registry's handwritten-digit sets (one channel, fixed size: mnist, digits)."""
+    from ..data import DATASETS
+
+    spec = DATASETS.get(dataset)
+    return spec is not None and spec.shape[0] is not None and spec.shape[-1] == 1
 
 
 def _fixed_size(dataset: str) -> bool:
