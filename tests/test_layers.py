@@ -4,9 +4,9 @@ Tolerances: pooling runs the very same XLA ops as the reference, so its values m
 The convolutions (a sum of shifted slices for few input channels, im2col + matmul when strided,
 and always for the kernel gradient) sum the same products in another order, so fp32 rounding
 differs: relative error ~1e-7 per term, 1e-5 of the output's scale bounds it with room while
-still catching any wrong tap, stride or padding (those give O(1) errors). Max-pool values are exact; its gradient
-adds the shares of overlapping windows in another order (rounding only, 1e-6), while a tie sent to
-the wrong pixel would be an O(1) error.
+still catching any wrong tap, stride or padding (those give O(1) errors). Max-pool's gradient adds
+the shares of overlapping windows in another order (rounding only, 1e-6), while a tie sent to the
+wrong pixel would be an O(1) error.
 """
 
 import jax
@@ -61,7 +61,7 @@ def test_convolution_summed_over_batch_chunks(monkeypatch, budget, stride):
     monkeypatch.setattr(layers, "CHUNK_BYTES", budget)
     x, k, _ = _data((6, 8, 8, 8), (3, 3, 8, 5), seed=1)
     out = 8 // stride
-    assert layers._chunk(6, out * out * 9 * 8 * 4) == (3 if budget > 1 else 1)
+    assert layers._chunk(6, (out, out), k.shape, 4) == (3 if budget > 1 else 1)
 
     def plain(x, k):
         return lax.conv_general_dilated(x, k, (stride, stride), "SAME", dimension_numbers=DN)

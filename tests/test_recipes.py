@@ -26,17 +26,6 @@ def test_recipe_runs_shrunken(name, tmp_path, data_dir):
     assert 0.0 <= out["test_accuracy"] <= 1.0
 
 
-def test_photo_defaults_of_an_arch_never_mirror_digits():
-    """resnet_cifar's defaults flip (augmentation and test-time averaging): right for CIFAR, wrong for digits."""
-    cifar = resolve({"arch": "resnet_cifar", "dataset": "cifar10"})
-    assert cifar.tta_flip and "flip" in cifar.augment
-    for dataset in ("mnist", "digits"):
-        cfg = resolve({"arch": "resnet_cifar", "dataset": dataset})
-        assert not cfg.tta_flip and cfg.augment == "crop"
-    assert not resolve({"recipe": "mnist-best"}, get_recipe("mnist-best")["options"]).tta_flip
-    assert resolve({"arch": "resnet_cifar", "dataset": "mnist", "tta_flip": True}).tta_flip  # asked for: kept
-
-
 def test_recipe_options_are_valid_training_options():
     for name, r in RECIPES.items():
         cfg = resolve({"recipe": name}, r["options"])

@@ -19,6 +19,7 @@ from PIL import Image
 
 from cnncli.console import Out
 from cnncli.errors import CnnError
+from cnncli.recipes import get_recipe
 from cnncli.train import checkpoint, read_history, resolve
 from cnncli.train.engine import fit
 from cnncli.train.progress import Progress
@@ -172,3 +173,14 @@ def test_two_devices_match_one(tmp_path):
 def test_net1_on_real_mnist_learns(tmp_path, data_dir):
     s = train(tmp_path, arch="net1", dataset="mnist", limit=4000, epochs=1, batch_size=64)
     assert s["test_accuracy"] > 0.85  # chance is 0.10
+
+
+def test_photo_defaults_of_an_arch_never_mirror_digits():
+    """resnet_cifar's defaults flip (augmentation and test-time averaging): right for CIFAR, wrong for digits."""
+    cifar = resolve({"arch": "resnet_cifar", "dataset": "cifar10"})
+    assert cifar.tta_flip and "flip" in cifar.augment
+    for dataset in ("mnist", "digits"):
+        cfg = resolve({"arch": "resnet_cifar", "dataset": dataset})
+        assert not cfg.tta_flip and cfg.augment == "crop"
+    assert not resolve({"recipe": "mnist-best"}, get_recipe("mnist-best")["options"]).tta_flip
+    assert resolve({"arch": "resnet_cifar", "dataset": "mnist", "tta_flip": True}).tta_flip  # asked for: kept

@@ -31,6 +31,22 @@ def _window_pads(size: tuple[int, int], window: tuple[int, int], strides: tuple[
     return tuple((int(lo), int(hi)) for lo, hi in padding)
 
 
+def _out_hw(shape, window, strides, pads):
+    """Output (H, W) of a window sliding over NHWC `shape` with explicit pads, as XLA computes it."""
+    return tuple((shape[1 + a] + sum(pads[a]) - window[a]) // strides[a] + 1 for a in range(2))
+
+
+def _place(values, i, j, strides, padded_hw):
+    """Inverse of one `_taps` slice: put tap (i, j)'s values back at their input pixels of the padded frame.
+
+    `lax.pad` with interior padding (stride - 1) spreads them out; everything else is zero.
+    """
+    (sh, sw), (hp, wp), (ho, wo) = strides, padded_hw, values.shape[1:3]
+    zero = jnp.zeros((), values.dtype)
+    return lax.pad(values, zero, ((0, 0, 0), (i, hp - i - (ho - 1) * sh - 1, sh - 1),
+                                  (j, wp - j - (wo - 1) * sw - 1, sw - 1), (0, 0, 0)))
+
+
 def _taps(xp, window, strides, out_hw):
     """Yield (i, j, slice) for every window offset: the input pixels each output pixel sees there."""
     (kh, kw), (sh, sw), (ho, wo) = window, strides, out_hw
@@ -63,16 +79,25 @@ def reference_ops():
         _reference = before
 
 
-def _chunk(batch: int, per_image_bytes: int) -> int:
-    """The largest divisor of `batch` whose patches fit CHUNK_BYTES (at least 1).
+def _chunk(batch: int, out_hw, kernel_shape, itemsize: int) -> int:
+    """The largest divisor of `batch` whose patches (Ho*Wo*kh*kw*Cin values per image) fit CHUNK_BYTES.
 
     On several devices the batch axis is sharded; slicing it in a loop would gather it, so the
     whole batch is one chunk there.
     """
     if jax.device_count() > 1:
         return batch
-    fit = max(1, int(CHUNK_BYTES // max(per_image_bytes, 1)))
+    per_image = out_hw[0] * out_hw[1] * kernel_shape[0] * kernel_shape[1] * kernel_shape[2] * itemsize
+    fit = max(1, int(CHUNK_BYTES // per_image))
     return max(c for c in range(1, min(fit, batch) + 1) if batch % c == 0)
+
+
+def _map_chunks(fn, n: int, c: int):
+    """fn(i) for each of the n // c batch chunks, concatenated along the batch (no loop for one chunk)."""
+    if c == n:
+        return fn(0)
+    out = lax.map(fn, jnp.arange(n // c))
+    return out.reshape(n, *out.shape[2:])
 
 
 def _patches(x, kernel_hw, strides, pads, out_hw):
@@ -80,10 +105,6 @@ def _patches(x, kernel_hw, strides, pads, out_hw):
     xp = jnp.pad(x, ((0, 0), pads[0], pads[1], (0, 0)))
     taps = [t for _, _, t in _taps(xp, kernel_hw, strides, out_hw)]
     return jnp.concatenate(taps, axis=-1).reshape(-1, kernel_hw[0] * kernel_hw[1] * x.shape[-1])
-
-
-def _out_hw(x, kernel_hw, strides, pads):
-    return tuple((x.shape[1 + a] + sum(pads[a]) - kernel_hw[a]) // strides[a] + 1 for a in range(2))
 
 
 def _conv_forward(x, kernel, strides, pads):
@@ -95,10 +116,10 @@ def _conv_forward(x, kernel, strides, pads):
     - strided: im2col + matmul in cache-sized chunks (XLA gathers the strided windows slowly);
     - otherwise the plain `lax` convolution.
     """
-    kh, kw, cin, cout = kernel.shape
-    ho, wo = _out_hw(x, (kh, kw), strides, pads)
     if _reference:
         return lax.conv_general_dilated(x, kernel, strides, pads, dimension_numbers=_NHWC)
+    kh, kw, cin, cout = kernel.shape
+    ho, wo = _out_hw(x.shape, (kh, kw), strides, pads)
     if cin <= SMALL_CIN:
         xp = jnp.pad(x, ((0, 0), pads[0], pads[1], (0, 0)))
         out = None
@@ -112,16 +133,14 @@ def _conv_forward(x, kernel, strides, pads):
     if strides == (1, 1):
         return lax.conv_general_dilated(x, kernel, strides, pads, dimension_numbers=_NHWC)
     n = x.shape[0]
-    c = _chunk(n, ho * wo * kh * kw * cin * x.dtype.itemsize)
+    c = _chunk(n, (ho, wo), kernel.shape, x.dtype.itemsize)
     w2d = kernel.reshape(-1, cout)
 
     def chunk(i):
         xc = lax.dynamic_slice_in_dim(x, i * c, c)
         return (_patches(xc, (kh, kw), strides, pads, (ho, wo)) @ w2d).reshape(c, ho, wo, cout)
 
-    if c == n:
-        return chunk(0)
-    return lax.map(chunk, jnp.arange(n // c)).reshape(n, ho, wo, cout)
+    return _map_chunks(chunk, n, c)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
@@ -135,7 +154,7 @@ def _conv_fwd(x, kernel, strides, pads):
 
 def _conv_bwd(strides, pads, res, dy):
     x, kernel = res
-    if strides == (1, 1) or _reference:
+    if strides == (1, 1):
         _, input_vjp = jax.vjp(lambda x_: lax.conv_general_dilated(x_, kernel, strides, pads, dimension_numbers=_NHWC), x)
         dx = input_vjp(dy)[0]
     else:
@@ -152,24 +171,17 @@ def _strided_input_grad(dy, kernel, x_shape, strides, pads):
     """
     kh, kw, cin, cout = kernel.shape
     n, ho, wo = dy.shape[:3]
-    hp, wp = x_shape[1] + sum(pads[0]), x_shape[2] + sum(pads[1])
-    (sh, sw), (top, _), (left, _) = strides, pads[0], pads[1]
-    c = _chunk(n, ho * wo * kh * kw * cin * dy.dtype.itemsize)
+    padded_hw = (x_shape[1] + sum(pads[0]), x_shape[2] + sum(pads[1]))
+    (top, _), (left, _) = pads
+    c = _chunk(n, (ho, wo), kernel.shape, dy.dtype.itemsize)
     w_t = kernel.reshape(-1, cout).T
 
     def chunk(i):
-        cols = (lax.dynamic_slice_in_dim(dy, i * c, c).reshape(-1, cout) @ w_t).reshape(c, ho, wo, kh * kw, cin)
-        dxp = jnp.zeros((c, hp, wp, cin), dy.dtype)
-        zero = jnp.zeros((), dy.dtype)
-        for t in range(kh * kw):
-            a, b = divmod(t, kw)
-            dxp = dxp + lax.pad(cols[:, :, :, t], zero, ((0, 0, 0), (a, hp - a - (ho - 1) * sh - 1, sh - 1),
-                                                          (b, wp - b - (wo - 1) * sw - 1, sw - 1), (0, 0, 0)))
+        cols = (lax.dynamic_slice_in_dim(dy, i * c, c).reshape(-1, cout) @ w_t).reshape(c, ho, wo, kh, kw, cin)
+        dxp = sum(_place(cols[:, :, :, a, b], a, b, strides, padded_hw) for a in range(kh) for b in range(kw))
         return dxp[:, top : top + x_shape[1], left : left + x_shape[2]]
 
-    if c == n:
-        return chunk(0)
-    return lax.map(chunk, jnp.arange(n // c)).reshape(x_shape)
+    return _map_chunks(chunk, n, c)
 
 
 def _conv_kernel_grad(x, dy, kernel_shape, strides, pads):
@@ -179,7 +191,7 @@ def _conv_kernel_grad(x, dy, kernel_shape, strides, pads):
     """
     kh, kw, cin, cout = kernel_shape
     n, ho, wo = dy.shape[:3]
-    c = _chunk(n, ho * wo * kh * kw * cin * x.dtype.itemsize)
+    c = _chunk(n, (ho, wo), kernel_shape, x.dtype.itemsize)
 
     def add_chunk(i, acc):
         xc, dyc = lax.dynamic_slice_in_dim(x, i * c, c), lax.dynamic_slice_in_dim(dy, i * c, c)
@@ -244,8 +256,7 @@ class Conv(nnx.Conv):
 def _pool_geometry(shape, window: int, stride: int, padding: str):
     """Output (H, W) and ((lo, hi), (lo, hi)) pads of a square pooling window, as XLA computes them."""
     pads = _window_pads(shape[1:3], (window, window), (stride, stride), padding)
-    out = tuple((shape[1 + a] + sum(pads[a]) - window) // stride + 1 for a in range(2))
-    return out, pads
+    return _out_hw(shape, (window, window), (stride, stride), pads), pads
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3))
@@ -268,21 +279,13 @@ def _max_pool_bwd(window, stride, padding, res, g):
     x, out = res
     out_hw, pads = _pool_geometry(x.shape, window, stride, padding)
     xp = jnp.pad(x, ((0, 0), pads[0], pads[1], (0, 0)), constant_values=-jnp.inf)
-    hp, wp = xp.shape[1:3]
     taken = jnp.zeros(out.shape, bool)
     dxp = jnp.zeros_like(xp)
-    zero = jnp.zeros((), g.dtype)
     for i, j, tap in _taps(xp, (window, window), (stride, stride), out_hw):
         hit = (tap == out) & ~taken
         taken = taken | hit
-        # Place each output's share back at the input pixel it came from (interior padding = stride - 1).
-        placed = lax.pad(
-            jnp.where(hit, g, zero),
-            zero,
-            ((0, 0, 0), (i, hp - i - (out_hw[0] - 1) * stride - 1, stride - 1),
-             (j, wp - j - (out_hw[1] - 1) * stride - 1, stride - 1), (0, 0, 0)),
-        )
-        dxp = dxp + placed
+        # Each output's share goes back to the input pixel it came from.
+        dxp = dxp + _place(jnp.where(hit, g, 0.0), i, j, (stride, stride), xp.shape[1:3])
     (top, _), (left, _) = pads
     return (dxp[:, top : top + x.shape[1], left : left + x.shape[2], :],)
 

@@ -102,13 +102,15 @@ def resolve(overrides: dict, recipe: dict | None = None) -> TrainConfig:
     arch_name = given.get("arch", merged.get("arch", TrainConfig.arch))
     base = dict(get_arch(arch_name).defaults)
     dataset = given.get("dataset", merged.get("dataset", TrainConfig.dataset))
-    if _fixed_size(dataset):
+    shape = _native_shape(dataset)
+    if shape:
         base.pop("image_size", None)  # an arch's photo size must not blow 28x28 digits up to 128x128
-    if _digits(dataset):
-        # An arch's photo defaults must not mirror digits (a mirrored 2 is no 2): no flip
+    if shape and shape[-1] == 1:
+        # Digits: an arch's photo defaults must not mirror them (a mirrored 2 is no 2): no flip
         # augmentation, no flip averaging at test time, unless the user or a recipe asks for it.
         base.pop("tta_flip", None)
-        base["augment"] = ",".join(a for a in augment_list(base.get("augment")) if a != "flip") or "none"
+        if "augment" in base:
+            base["augment"] = ",".join(a for a in augment_list(base["augment"]) if a != "flip") or "none"
     base.update(merged)
     base.update(given)
     unknown = set(base) - {f.name for f in dataclasses.fields(TrainConfig)}
@@ -119,17 +121,9 @@ def resolve(overrides: dict, recipe: dict | None = None) -> TrainConfig:
     return cfg
 
 
-def _digits(dataset: str) -> bool:
-    """True for the registry's handwritten-digit sets (one channel, fixed size: mnist, digits)."""
+def _native_shape(dataset: str) -> tuple | None:
+    """(H, W, C) of a registry data set with one native image size (mnist, cifar10, digits), else None."""
     from ..data import DATASETS
 
     spec = DATASETS.get(dataset)
-    return spec is not None and spec.shape[0] is not None and spec.shape[-1] == 1
-
-
-def _fixed_size(dataset: str) -> bool:
-    """True for registry data sets with one native image size (mnist, cifar10, digits)."""
-    from ..data import DATASETS
-
-    spec = DATASETS.get(dataset)
-    return spec is not None and spec.shape[0] is not None
+    return spec.shape if spec is not None and spec.shape[0] is not None else None
