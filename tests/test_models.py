@@ -224,3 +224,13 @@ def test_cli_summary_errors(run_cnn):
     assert code != 0 and err == "error: arch lenet5 needs inputs of at least 12x12; got 8x8\n"
     code, _, err = run_cnn("summary", "--arch", "net1", "--input-shape", "28,28")
     assert code != 0 and err.startswith("error: --input-shape")
+
+
+def test_fastcnn_is_the_workshop_convs_with_batchnorm():
+    # Same two convolutions as seed 004's workshop (so the same conv MACs) without biases, a BN after
+    # each pool (scale, bias trainable; mean, var not) and a linear head from the 5x5x64 maps:
+    # (288 + 64+64) + (18,432 + 128+128) + 16,010.
+    model = abstract_model("fastcnn", (28, 28, 1), 10)
+    assert count_params(model) == (35_114, 34_922, 192)
+    workshop_convs = 26 * 26 * 32 * 9 + 11 * 11 * 64 * 9 * 32
+    assert flops_per_image("fastcnn", (28, 28, 1), 10) == 2 * (workshop_convs + 1600 * 10)

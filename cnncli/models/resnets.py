@@ -67,18 +67,20 @@ class PoolStage(nnx.Module):
 
     kind = "pool_stage"
 
-    def __init__(self, cin, cout, *, rngs):
-        self.conv = make_conv(cin, cout, 3, use_bias=False, kernel_init=HE_INIT, rngs=rngs)
+    def __init__(self, cin, cout, *, residual=True, padding="same", rngs):
+        self.conv = make_conv(cin, cout, 3, padding=padding, use_bias=False, kernel_init=HE_INIT, rngs=rngs)
         self.bn = nnx.BatchNorm(cout, rngs=rngs, **MODERN_BN)
-        self.residual = ConvBN(cout, cout, 3, 1, "relu", zero_scale=True, rngs=rngs)
+        self.residual = ConvBN(cout, cout, 3, 1, "relu", zero_scale=True, rngs=rngs) if residual else None
 
     def __call__(self, x):
         # Pooling before BN and the activation: both then run on a quarter of the pixels.
         y = jax.nn.relu(self.bn(max_pool(self.conv(x), 2, 2, "VALID")))
-        return y + self.residual(y)
+        return y if self.residual is None else y + self.residual(y)
 
     def describe(self) -> str:
-        return f"Conv {self.conv.out_features} 3x3 + MaxPool 2 + BN + relu, +residual conv"
+        pad = "" if self.conv.padding == "SAME" else f" {self.conv.padding.lower()}"
+        return (f"Conv {self.conv.out_features} 3x3{pad} + MaxPool 2 + BN + relu"
+                + ("" if self.residual is None else ", +residual conv"))
 
 
 def _stem(s: Stack, cout: int, stride: int = 1) -> None:
@@ -93,9 +95,10 @@ def _basic_block(s: Stack, cout: int, stride: int) -> None:
           (conv_out(h, 3, stride, "same"), conv_out(w, 3, stride, "same"), cout))
 
 
-def _pool_stage(s: Stack, cout: int) -> None:
+def _pool_stage(s: Stack, cout: int, residual: bool = True, padding: str = "same") -> None:
     h, w, cin = s.shape
-    s.add(lambda: PoolStage(cin, cout, rngs=s.rngs), (h // 2, w // 2, cout))
+    h, w = (conv_out(h, 3, 1, padding), conv_out(w, 3, 1, padding))
+    s.add(lambda: PoolStage(cin, cout, residual=residual, padding=padding, rngs=s.rngs), (h // 2, w // 2, cout))
 
 
 # Channel widths of resnet_cifar's stem and three stages. airbench94 uses 64/256/256 (~0.12 GMAC per
@@ -114,6 +117,19 @@ def resnet_cifar(s: Stack, num_classes: int, activation: str | None, dropout: fl
     for width in stages:
         _pool_stage(s, width)
     s.global_pool("max")
+    s.dense(num_classes)
+
+
+def fastcnn(s: Stack, num_classes: int, activation: str | None, dropout: float | None) -> None:
+    """Two valid conv/pool/BN stages (32, 64 channels; 28 -> 13 -> 5 px) and a linear head.
+
+    The seed-004 workshop net's convolutions with BatchNorm after each pool and no hidden dense
+    layer: BN lets a one-cycle schedule train it in one epoch, and pooling first keeps BN and
+    ReLU on a quarter of the pixels.
+    """
+    for width in (32, 64):
+        _pool_stage(s, width, residual=False, padding="valid")
+    s.flatten()
     s.dense(num_classes)
 
 
