@@ -11,10 +11,11 @@ from .errors import CnnError
 
 RECIPES: dict[str, dict] = {
     "mnist-fast": {
-        "description": "two conv/pool/BN stages, one-cycle Adam, 2 epochs; aims at >= 99.0% MNIST test in 30 s",
-        "options": dict(arch="fastcnn", dataset="mnist", epochs=2, batch_size=128, optimizer="adam", lr=1e-2,
-                        schedule="onecycle", val_split=0.0, normalize="standard"),
-        "expected": "99.22% / 99.14% test (seeds 0, 1) in 53 s / 52 s",
+        "description": ("two conv/pool/BN stages, one epoch of one-cycle Adam, label smoothing; aims at >= 99.0% "
+                        "MNIST test in 30 s (--epochs 2: 99.2% in 53 s)"),
+        "options": dict(arch="fastcnn", dataset="mnist", epochs=1, batch_size=128, optimizer="adam", lr=1e-2,
+                        schedule="onecycle", label_smoothing=0.1, val_split=0.0, normalize="standard"),
+        "expected": "99.02% / 98.95% / 99.00% test (seeds 0-2) in 28-30 s (35 s on a cold compilation cache)",
     },
     "mnist-best": {
         "description": "small residual net, shift/rotate augmentation; aims at >= 99.6% MNIST test in 15 min",
