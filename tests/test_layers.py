@@ -61,7 +61,8 @@ def test_convolution_summed_over_batch_chunks(monkeypatch, budget, stride):
     monkeypatch.setattr(layers, "CHUNK_BYTES", budget)
     x, k, _ = _data((6, 8, 8, 8), (3, 3, 8, 5), seed=1)
     out = 8 // stride
-    assert layers._chunk(6, (out, out), k.shape, 4) == (3 if budget > 1 else 1)
+    assert layers._patch_chunk(6, (out, out), k.shape, 4) == (3 if budget > 1 else 1)
+    assert (layers._chunk(6, 3), layers._chunk(7, 3), layers._chunk(1, 0)) == (3, 1, 1)  # divisors, at least 1
 
     def plain(x, k):
         return lax.conv_general_dilated(x, k, (stride, stride), "SAME", dimension_numbers=DN)

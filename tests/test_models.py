@@ -135,7 +135,7 @@ def test_forward_pass_in_train_and_eval_mode(arch):
 
 
 def test_too_small_inputs_fail_cleanly():
-    for arch, side in (("lenet5", 12), ("workshop", 10), ("cnn003", 12)):
+    for arch, side in (("lenet5", 12), ("workshop", 10), ("cnn003", 12), ("fastcnn", 10)):
         with pytest.raises(CnnError, match=f"arch {arch} needs inputs of at least {side}x{side}; got 8x8"):
             abstract_model(arch, (8, 8, 1), 10)
         abstract_model(arch, (side, side, 1), 10)
@@ -234,3 +234,8 @@ def test_fastcnn_is_the_workshop_convs_with_batchnorm():
     assert count_params(model) == (35_114, 34_922, 192)
     workshop_convs = 26 * 26 * 32 * 9 + 11 * 11 * 64 * 9 * 32
     assert flops_per_image("fastcnn", (28, 28, 1), 10) == 2 * (workshop_convs + 1600 * 10)
+    rows = summarize("fastcnn", (28, 28, 1), 10)["layers"]
+    assert [(r["type"], r["output_shape"]) for r in rows[:2]] == [
+        ("Conv 32 3x3 valid + MaxPool 2 + BN + relu", [13, 13, 32]), ("Conv 64 3x3 valid + MaxPool 2 + BN + relu", [5, 5, 64])]
+    assert summarize("resnet_cifar", (32, 32, 3), 10)["layers"][1]["type"] == (
+        "Conv 32 3x3 + MaxPool 2 + BN + relu, +residual conv")  # the residual stage it shares code with

@@ -79,17 +79,21 @@ def reference_ops():
         _reference = before
 
 
-def _chunk(batch: int, out_hw, kernel_shape, itemsize: int) -> int:
-    """The largest divisor of `batch` whose patches (Ho*Wo*kh*kw*Cin values per image) fit CHUNK_BYTES.
+def _chunk(batch: int, limit: int) -> int:
+    """The largest divisor of `batch` up to `limit` (at least 1): the images per chunk of a batch loop.
 
     On several devices the batch axis is sharded; slicing it in a loop would gather it, so the
     whole batch is one chunk there.
     """
     if jax.device_count() > 1:
         return batch
+    return max(c for c in range(1, min(max(limit, 1), batch) + 1) if batch % c == 0)
+
+
+def _patch_chunk(batch: int, out_hw, kernel_shape, itemsize: int) -> int:
+    """Images per chunk whose patches (Ho*Wo*kh*kw*Cin values per image) fit CHUNK_BYTES."""
     per_image = out_hw[0] * out_hw[1] * kernel_shape[0] * kernel_shape[1] * kernel_shape[2] * itemsize
-    fit = max(1, int(CHUNK_BYTES // per_image))
-    return max(c for c in range(1, min(fit, batch) + 1) if batch % c == 0)
+    return _chunk(batch, int(CHUNK_BYTES // per_image))
 
 
 def _map_chunks(fn, n: int, c: int):
@@ -111,8 +115,8 @@ def _conv_forward(x, kernel, strides, pads):
     """The convolution, in the form XLA:CPU runs fastest for its shape (values as `lax`'s, up to rounding).
 
     - few input channels (an image's first layer): a sum of kh*kw*Cin shifted slices times a
-      weight row, one fused elementwise pass; XLA's convolution with Cin=1 ran at ~3 GFLOP/s
-      (net1's first layer 20 ms; this 1 ms);
+      weight row, one fused elementwise pass per batch chunk; XLA's convolution with Cin=1 ran at
+      ~3 GFLOP/s (net1's first layer 20 ms; this 1 ms);
     - strided: im2col + matmul in cache-sized chunks (XLA gathers the strided windows slowly);
     - otherwise the plain `lax` convolution.
     """
@@ -135,12 +139,12 @@ def _conv_forward(x, kernel, strides, pads):
         # (a stride-2 pool's backward reads it up to 4 times: 28 ms of workshop's step, 9 ms materialised;
         # `optimization_barrier` does not prevent it, XLA:CPU removes barriers before fusion).
         n = x.shape[0]
-        c = n if jax.device_count() > 1 else max([d for d in range(1, n // 2 + 1) if n % d == 0] or [n])
+        c = _chunk(n, n // 2)
         return _map_chunks(lambda i: slices(lax.dynamic_slice_in_dim(x, i * c, c)), n, c)
     if strides == (1, 1):
         return lax.conv_general_dilated(x, kernel, strides, pads, dimension_numbers=_NHWC)
     n = x.shape[0]
-    c = _chunk(n, (ho, wo), kernel.shape, x.dtype.itemsize)
+    c = _patch_chunk(n, (ho, wo), kernel.shape, x.dtype.itemsize)
     w2d = kernel.reshape(-1, cout)
 
     def chunk(i):
@@ -180,7 +184,7 @@ def _strided_input_grad(dy, kernel, x_shape, strides, pads):
     n, ho, wo = dy.shape[:3]
     padded_hw = (x_shape[1] + sum(pads[0]), x_shape[2] + sum(pads[1]))
     (top, _), (left, _) = pads
-    c = _chunk(n, (ho, wo), kernel.shape, dy.dtype.itemsize)
+    c = _patch_chunk(n, (ho, wo), kernel.shape, dy.dtype.itemsize)
     w_t = kernel.reshape(-1, cout).T
 
     def chunk(i):
@@ -198,7 +202,7 @@ def _conv_kernel_grad(x, dy, kernel_shape, strides, pads):
     """
     kh, kw, cin, cout = kernel_shape
     n, ho, wo = dy.shape[:3]
-    c = _chunk(n, (ho, wo), kernel_shape, x.dtype.itemsize)
+    c = _patch_chunk(n, (ho, wo), kernel_shape, x.dtype.itemsize)
 
     def add_chunk(i, acc):
         xc, dyc = lax.dynamic_slice_in_dim(x, i * c, c), lax.dynamic_slice_in_dim(dy, i * c, c)
