@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -35,3 +36,22 @@ def test_recipe_options_are_valid_training_options():
 def test_unknown_recipe():
     with pytest.raises(CnnError, match="known: "):
         get_recipe("cifar10-99")
+
+
+def test_recipes_command_table_and_json():
+    from typer.testing import CliRunner
+
+    from cnncli.cli import app
+
+    r = CliRunner().invoke(app, ["recipes", "--json"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.output) == json.loads(json.dumps(RECIPES))
+    table = CliRunner().invoke(app, ["recipes"])
+    assert table.exit_code == 0, table.output
+    for name, recipe in RECIPES.items():
+        line = next(ln for ln in table.output.splitlines() if ln.startswith(name + " "))
+        assert recipe["expected"] in line and "--arch " + recipe["options"]["arch"] in line
+    # README's `cnn recipes` block is this command's real output, so its figures cannot drift from recipes.py.
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    block = readme.split("$ cnn recipes\n", 1)[1].split("```", 1)[0]
+    assert [ln.rstrip() for ln in block.splitlines()] == [ln.rstrip() for ln in table.output.splitlines()]
