@@ -29,6 +29,18 @@ RECIPES: dict[str, dict] = {
                         val_split=0.0, normalize="standard"),
         "expected": "99.69% test (mean of seeds 0-1: 99.67%, 99.71%) in 13.9-14.2 min (matmul peak ~200 GFLOP/s)",
     },
+    "mnist-net1": {
+        # Seed 001's network and protocol as the seed fixed them (net1, Adam at its Keras default 1e-3,
+        # batch 128, 16 epochs); only what the seed left open changes. Its net1 overfits from epoch 4
+        # (a 6.4M-parameter dense layer on 60,000 digits), so augmentation and a decaying schedule
+        # are what lift it: the plain protocol gave 98.98% (README's results table).
+        "description": ("seed 001's net1 under its protocol (Adam, batch 128, 16 epochs) plus shift/rotate augmentation, "
+                        "one-cycle schedule, label smoothing; aims at >= 99.0% MNIST test"),
+        "options": dict(arch="net1", dataset="mnist", epochs=16, batch_size=128, optimizer="adam", lr=1e-3,
+                        schedule="onecycle", augment="shift,rotate", label_smoothing=0.1, val_split=0.0,
+                        normalize="standard"),
+        "expected": "99.60% test (mean of seeds 0-1: 99.59%, 99.61%) in 23.8-23.9 min (matmul peak ~200 GFLOP/s)",
+    },
     "cifar10-90": {
         # 12 epochs fill the 30 min at ~200 GFLOP/s (~410 img/s); README's results table has the 8-epoch runs.
         "description": "residual net, crop+flip, one-cycle SGD, flip TTA; aims at >= 90% CIFAR-10 test in 30 min",

@@ -10,6 +10,7 @@ import pytest
 from cnncli.errors import CnnError
 from cnncli.recipes import RECIPES, get_recipe
 from cnncli.train import resolve
+from cnncli.train.optim import DEFAULT_LR
 
 
 @pytest.mark.parametrize("name", sorted(RECIPES))
@@ -55,3 +56,14 @@ def test_recipes_command_table_and_json():
     readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
     block = readme.split("$ cnn recipes\n", 1)[1].split("```", 1)[0]
     assert [ln.rstrip() for ln in block.splitlines()] == [ln.rstrip() for ln in table.output.splitlines()]
+
+
+def test_mnist_net1_keeps_the_seed_protocol():
+    # The recipe may only add what seed 001 left open: its network, optimizer, learning rate, batch
+    # and epochs must stay those of the plain seed command `cnn train --arch net1 --dataset mnist`.
+    seed = resolve({"arch": "net1", "dataset": "mnist"})
+    recipe = resolve({"recipe": "mnist-net1"}, RECIPES["mnist-net1"]["options"])
+    for key in ("arch", "dataset", "optimizer", "batch_size", "epochs", "activation", "dropout"):
+        assert getattr(recipe, key) == getattr(seed, key), key
+    # The seed ran Keras' default learning rate; the recipe states it, as the peak of its schedule.
+    assert seed.lr is None and recipe.lr == DEFAULT_LR["adam"] and seed.optimizer == "adam"
