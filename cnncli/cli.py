@@ -195,6 +195,7 @@ def train(
     monitor: Optional[str] = typer.Option(None, help="val_accuracy or val_loss: what 'best' means."),
     ema: Optional[float] = typer.Option(None, help="EMA decay of the weights (0 = off)."),
     tta_flip: Optional[bool] = typer.Option(None, "--tta-flip/--no-tta-flip", help="Average predictions with the mirror image."),
+    tta_shift: Optional[int] = typer.Option(None, help="Also average over copies shifted by +-N pixels (0 = off)."),
     seed: Optional[int] = typer.Option(None, help="Seed for weights, data order, augmentation and dropout."),
     precision: Optional[str] = typer.Option(None, help="fp32 or bf16 (mixed: fp32 master weights)."),
     data_dir: Optional[str] = typer.Option(None, help=DATA_DIR_HELP),

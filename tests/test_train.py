@@ -119,6 +119,46 @@ def test_json_and_plain_output(tmp_path):
     assert re.search(r"best epoch 1, val accuracy -, test accuracy 0\.\d{4}$", done), done
 
 
+def test_tta_views_and_their_average():
+    # Each view against numpy's reflect padding, then the eval step's probabilities against the mean
+    # of the model's softmax over those 10 views, computed here without the eval step.
+    import jax
+    from flax import nnx
+
+    from cnncli.models import create_model
+    from cnncli.train.step import make_eval_step, split, tta_views
+
+    x = np.random.default_rng(0).integers(0, 256, (4, 8, 8, 1), dtype=np.uint8)
+    pad = np.pad(x, ((0, 0), (2, 2), (2, 2), (0, 0)), mode="reflect")
+    expect = [x, pad[:, 0:8, 2:10], pad[:, 4:12, 2:10], pad[:, 2:10, 0:8], pad[:, 2:10, 4:12]]
+    expect += [e[:, :, ::-1] for e in expect]
+    views = tta_views(x, flip=True, shift=2)
+    assert len(views) == 10 and all(np.array_equal(v, e) for v, e in zip(views, expect))
+    assert len(tta_views(x, flip=False, shift=0)) == 1 and len(tta_views(x, flip=True, shift=0)) == 2
+
+    _, geval, params, rest = split(create_model("net2", (8, 8, 1), 10, seed=0))
+    model = nnx.merge(geval, params, rest)
+    want = np.mean([jax.nn.softmax(model(e.astype(np.float32) / 255.0)) for e in expect], axis=0)
+    y = np.arange(4, dtype=np.int32)
+    step = make_eval_step(geval, binary=False, mean=(0.0,), std=(1.0,), tta_flip=True, tta_shift=2)
+    loss_sum, _, probs = step(params, rest, x, y, np.ones(4, np.float32))
+    # float32 softmax of the same logits, summed in another order: equal to ~1e-7; 1e-5 leaves room.
+    np.testing.assert_allclose(probs, want, atol=1e-5)
+    assert float(loss_sum) == pytest.approx(-np.log(want[np.arange(4), y]).sum(), rel=1e-5)
+
+
+def test_tta_shift_reaches_evaluate_and_checks_its_size(tmp_path):
+    from cnncli.evaluate import evaluate
+
+    s = train(tmp_path, epochs=1, tta_flip=True, tta_shift=1)
+    # `cnn evaluate` rebuilds the same views from config.json, so it gives training's test accuracy.
+    assert evaluate(s["run_dir"], write=False).accuracy == s["test_accuracy"]
+    with pytest.raises(CnnError, match="--tta-shift 4 is too large for 8x8 images"):
+        train(tmp_path, epochs=1, tta_shift=4)
+    r = cli("train", "--tta-shift", "-1", "--out", str(tmp_path))
+    assert r.returncode != 0 and "Traceback" not in r.stderr and "--tta-shift" in r.stderr
+
+
 def test_user_errors_are_one_line(tmp_path):
     r = cli("train", "--arch", "nope", "--dataset", "digits", "--out", str(tmp_path))
     assert r.returncode != 0 and "Traceback" not in r.stderr and r.stderr.strip().count("\n") == 0

@@ -44,6 +44,7 @@ class TrainConfig:
     precision: str = "fp32"
     ema: float = 0.0  # decay of an exponential moving average of the weights; 0: off
     tta_flip: bool = False  # evaluate on the image and its mirror, averaged
+    tta_shift: int = 0  # also on copies shifted by +-N px along each axis (reflect-padded); 0: off
     init_from: str | None = None
     freeze: str | None = None  # "features": train only the classifier head
     recipe: str | None = None
@@ -69,6 +70,8 @@ class TrainConfig:
             raise CnnError("normalize must be 'unit' or 'standard'")
         if self.monitor not in ("val_accuracy", "val_loss"):
             raise CnnError("--monitor must be val_accuracy or val_loss")
+        if self.tta_shift < 0:
+            raise CnnError("--tta-shift must be 0 (off) or a number of pixels")
         if self.freeze not in (None, "features"):
             raise CnnError("--freeze takes 'features'")
         if self.freeze and not self.init_from:

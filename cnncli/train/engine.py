@@ -87,6 +87,9 @@ def fit(cfg: TrainConfig, progress: Progress, resume: Path | None = None) -> dic
     ds = load_dataset(cfg.dataset, data_dir=cfg.data_dir, image_size=cfg.image_size, val_split=cfg.val_split,
                       limit=cfg.limit, balance=cfg.balance, seed=cfg.seed)
     num_classes = len(ds.classes)
+    if cfg.tta_shift and 2 * cfg.tta_shift >= min(ds.shape[:2]):
+        raise CnnError(f"--tta-shift {cfg.tta_shift} is too large for {ds.shape[0]}x{ds.shape[1]} images "
+                       f"(at most {(min(ds.shape[:2]) - 1) // 2} px)")
     c = ds.shape[-1]
     mean, std = (ds.mean, ds.std) if cfg.normalize == "standard" else ((0.0,) * c, (1.0,) * c)
     model = create_model(cfg.arch, ds.shape, num_classes, activation=cfg.activation, dropout=cfg.dropout, seed=cfg.seed)
@@ -137,7 +140,8 @@ def fit(cfg: TrainConfig, progress: Progress, resume: Path | None = None) -> dic
     train_step = make_train_step(gtrain, tx, binary=binary, mean=mean, std=std,
                                  augment_ops=tuple(augment_list(cfg.augment)), smoothing=cfg.label_smoothing,
                                  ema_decay=cfg.ema, precision=cfg.precision, seed=cfg.seed, gather=feeder.resident)
-    eval_step = make_eval_step(geval, binary=binary, mean=mean, std=std, tta_flip=cfg.tta_flip)
+    eval_step = make_eval_step(geval, binary=binary, mean=mean, std=std, tta_flip=cfg.tta_flip,
+                                tta_shift=cfg.tta_shift)
     lr_at = learning_rate(cfg, steps_per_epoch)
     lr_at = lr_at if callable(lr_at) else (lambda _s, v=lr_at: v)
     eval_bs = max(256, bs)

@@ -83,6 +83,7 @@ class Run:
     mean: tuple
     std: tuple
     tta_flip: bool = False  # predictions average the image and its mirror, as training's evaluation did
+    tta_shift: int = 0  # and copies shifted by +-N px, as training's evaluation did
 
     def preprocess(self, x_uint8):
         """uint8 NHWC -> the float batch the model was trained on."""
@@ -101,7 +102,7 @@ class Run:
             self.model.eval()
             self._state = (params, rest)
             self._eval = make_eval_step(geval, binary=self.binary_head, mean=self.mean, std=self.std,
-                                        tta_flip=self.tta_flip)
+                                        tta_flip=self.tta_flip, tta_shift=self.tta_shift)
         out = []
         n = len(x_uint8)
         for i in range(0, n, batch_size):
@@ -143,7 +144,8 @@ def load_run(run_dir, which: str = "best") -> Run:
     model.eval()
     return Run(run_dir, cfg, model, list(data["classes"]), tuple(data["input_shape"]),
                get_arch(cfg["arch"]).binary_head and len(data["classes"]) == 2,
-               tuple(data["mean"]), tuple(data["std"]), bool(cfg.get("tta_flip")))
+               tuple(data["mean"]), tuple(data["std"]), bool(cfg.get("tta_flip")),
+               int(cfg.get("tta_shift") or 0))
 
 
 def _sub(arrays: dict, prefix: str) -> dict:

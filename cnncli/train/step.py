@@ -104,7 +104,22 @@ def make_train_step(gtrain, tx, *, binary, mean, std, augment_ops=(), smoothing=
     return jax.jit(gather_fn, donate_argnums=(0, 1)) if gather else jax.jit(step_fn, donate_argnums=(0, 1))
 
 
-def make_eval_step(geval, *, binary, mean, std, tta_flip=False):
+def tta_views(x, flip: bool, shift: int) -> list:
+    """The test-time views of an NHWC batch: the image, copies shifted by +-`shift` px along each
+    axis (edges reflected, as a crop of a slightly larger photo would show them), and with `flip`
+    the mirror of each. AlexNet averaged 10 such views (5 crops, mirrored) for the same reason."""
+    views = [x]
+    if shift:
+        h, w = x.shape[1:3]
+        pad = jnp.pad(x, ((0, 0), (shift, shift), (shift, shift), (0, 0)), mode="reflect")
+        for dy, dx in ((-shift, 0), (shift, 0), (0, -shift), (0, shift)):
+            views.append(pad[:, shift + dy : shift + dy + h, shift + dx : shift + dx + w])
+    if flip:
+        views += [v[:, :, ::-1, :] for v in views]
+    return views
+
+
+def make_eval_step(geval, *, binary, mean, std, tta_flip=False, tta_shift=0):
     """eval(params, rest, x_uint8, y, weight) -> (loss_sum, correct, probs). Padding rows have weight 0."""
 
     def chunk_fn(params, rest, x, y):
@@ -113,8 +128,9 @@ def make_eval_step(geval, *, binary, mean, std, tta_flip=False):
         logits = model(x)
         probs = probabilities(logits, binary)
         losses = per_example_loss(logits, y, binary)[0]
-        if tta_flip:  # average with the mirror image (photos only)
-            probs = 0.5 * (probs + probabilities(model(x[:, :, ::-1, :]), binary))
+        views = tta_views(x, tta_flip, tta_shift)[1:]
+        if views:  # average the probabilities over the test-time views (see tta_views)
+            probs = (probs + sum(probabilities(model(v), binary) for v in views)) / (1 + len(views))
             losses = -jnp.log(jnp.clip(jnp.take_along_axis(probs, y[:, None], 1)[:, 0], 1e-7, 1.0))
         return losses, probs
 
