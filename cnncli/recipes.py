@@ -49,7 +49,7 @@ RECIPES: dict[str, dict] = {
         "options": dict(arch="resnet_cifar", dataset="cifar10", epochs=12, batch_size=128, optimizer="sgd", lr=0.1,
                         momentum=0.9, weight_decay=5e-4, schedule="onecycle", augment="crop,flip",
                         label_smoothing=0.1, val_split=0.0, normalize="standard", tta_flip=True, tta_shift=2),
-        "expected": "84.9% test (mean of seeds 0-1: 84.69%, 85.12%) in 23.9-24.2 min (matmul peak ~200 GFLOP/s)",
+        "expected": "84.9% test (mean of seeds 0-1: 84.69%, 85.12%) in 21.8-23.9 min (matmul peak ~200 GFLOP/s)",
     },
     "cats-vs-dogs-90": {
         # 50 epochs take 15-20 min at ~200 GFLOP/s (170-220 img/s), with margin for a slower hour; README's
