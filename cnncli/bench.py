@@ -18,11 +18,14 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from .runtime import user_xla_flags
 
 BENCH_DIR = Path(__file__).resolve().parent.parent / "benchmarks"
 PEERS = {"torch": "torch", "keras": "tensorflow"}  # framework -> module that must be importable
@@ -188,7 +191,8 @@ def run_peer(framework: str, arch: str, input_shape, batch_size: int, mode: str,
     cmd = [sys.executable, str(BENCH_DIR / f"{framework}_ref.py"), "--arch", arch,
            "--input-shape", ",".join(map(str, input_shape)), "--batch-size", str(batch_size), "--mode", mode,
            "--repeats", str(repeats), "--steps", str(steps)]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    env = {**os.environ, "XLA_FLAGS": user_xla_flags()}
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     rows = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
     if proc.returncode or not rows:
         last = (proc.stderr.strip().splitlines() or ["no output"])[-1]

@@ -573,9 +573,10 @@ def recipes(json: bool = typer.Option(False, "--json", help=JSON_HELP)):
 
 def main() -> None:
     """Entry point: user errors end in one line and a non-zero exit, never a traceback."""
-    from .runtime import tune_allocator
+    from .runtime import tune_allocator, tune_xla
 
     tune_allocator()  # before JAX starts its threads (see runtime.py: up to half of a step otherwise)
+    tune_xla()  # before JAX first computes (see runtime.py: convolutions on both cores)
     try:
         app()
     except CnnError as e:

@@ -2,12 +2,14 @@
 
 import importlib.util
 import json
+import os
 import subprocess
 import sys
+from importlib.metadata import version
 
 import pytest
 
-from cnncli import bench
+from cnncli import bench, runtime
 from cnncli.models import count_params, create_model
 
 
@@ -53,6 +55,31 @@ def test_allocator_tuning_applies_on_glibc():
     code = "from cnncli.runtime import tune_allocator; print(tune_allocator())"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == str(sys.platform == "linux")
+
+
+_CONV_FUSION = """
+import os, sys, jax, jax.numpy as jnp
+from cnncli import runtime
+applied = runtime.tune_xla()
+conv = jax.jit(lambda x, w: jax.lax.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")))
+hlo = conv.lower(jnp.ones((8, 16, 16, 32)), jnp.ones((3, 3, 32, 32))).compile().as_text()
+print(applied, "__ynn_fusion" in hlo, os.environ["XLA_FLAGS"], repr(runtime.user_xla_flags()), sep="|")
+"""
+
+
+@pytest.mark.skipif(not version("jaxlib").startswith(runtime.YNN_JAXLIB), reason="flag known only to some jaxlibs")
+@pytest.mark.parametrize("user_flags,applied", [
+    ("", True), ("--xla_cpu_enable_fast_math=false", True),
+    ("--xla_cpu_experimental_ynn_fusion_type=+individual_convolution", False),
+])
+def test_xla_tuning_moves_convolutions_off_ynnpack_unless_the_user_chose(user_flags, applied):
+    # In a child process: XLA reads the flags once, when JAX first computes.
+    env = {**os.environ, "XLA_FLAGS": user_flags}
+    out = subprocess.run([sys.executable, "-c", _CONV_FUSION], capture_output=True, text=True, env=env, check=True)
+    got_applied, in_ynn, flags, user = out.stdout.strip().split("|")
+    assert got_applied == str(applied) and in_ynn == str(not applied)  # XLA accepted the flag and obeys it
+    assert flags == (f"{user_flags} {runtime.YNN_FLAG}".strip() if applied else user_flags)
+    assert user == repr(user_flags)  # what peers (TensorFlow) get
 
 
 def _load_ref(name):
