@@ -1,8 +1,8 @@
 """The fast layer formulations equal the plain ones: values and gradients.
 
 Tolerances: pooling runs the very same XLA ops as the reference, so its values must match exactly.
-The convolutions (a sum of shifted slices for few input channels, im2col + matmul when strided,
-and always for the kernel gradient) sum the same products in another order, so fp32 rounding
+The convolutions (a sum of shifted slices for few input channels, matmul + col2im for a strided
+input gradient, im2col + matmul for the kernel gradient when strided or of few channels) sum the same products in another order, so fp32 rounding
 differs: relative error ~1e-7 per term, 1e-5 of the output's scale bounds it with room while
 still catching any wrong tap, stride or padding (those give O(1) errors). Max-pool's gradient adds
 the shares of overlapping windows in another order (rounding only, 1e-6), while a tie sent to the
@@ -32,7 +32,7 @@ def _data(shape, kshape, seed=0):
     return jax.random.normal(kx, shape), jax.random.normal(kk, kshape), jax.random.normal(kb, kshape[-1:])
 
 
-@pytest.mark.parametrize("cin", [1, 3, 8])  # 1 and 3: sum of shifted slices; 8: lax conv or strided im2col
+@pytest.mark.parametrize("cin", [1, 3, 8])  # 1, 3: sum of shifted slices; 8: lax conv (strided: own gradients)
 @pytest.mark.parametrize("size,kernel,stride,padding", [
     (12, 3, 1, "SAME"), (9, 3, 2, "SAME"), (10, 3, 2, "SAME"), (9, 3, 1, "VALID"),
     (11, 5, 2, "VALID"), (8, 4, 2, "SAME"), (7, 1, 1, "SAME"), (9, 3, 1, ((2, 0), (1, 1))),
@@ -55,13 +55,15 @@ def test_conv2d_values_and_gradients_equal_lax(size, kernel, stride, padding, ci
         _close(got, want)
 
 
-@pytest.mark.parametrize("budget,stride", [(1, 1), (1, 2), (3 * 8 * 8 * 9 * 8 * 4, 1), (3 * 4 * 4 * 9 * 8 * 4, 2)])
-def test_convolution_summed_over_batch_chunks(monkeypatch, budget, stride):
-    """Chunked forms (one image per chunk, or 3 of a batch of 6) give the same values and gradients."""
-    monkeypatch.setattr(layers, "CHUNK_BYTES", budget)
-    x, k, _ = _data((6, 8, 8, 8), (3, 3, 8, 5), seed=1)
+# The chunked forms: the kernel gradient of a first layer (stride 1, 3 channels) and of a strided
+# layer, and the strided input gradient; one image per chunk, or 3 of a batch of 6.
+@pytest.mark.parametrize("images,stride,cin", [(1, 1, 3), (1, 2, 8), (3, 1, 3), (3, 2, 8)])
+def test_convolution_summed_over_batch_chunks(monkeypatch, images, stride, cin):
+    """Chunked forms give the same values and gradients as the plain convolution."""
     out = 8 // stride
-    assert layers._patch_chunk(6, (out, out), k.shape, 4) == (3 if budget > 1 else 1)
+    monkeypatch.setattr(layers, "CHUNK_BYTES", 1 if images == 1 else images * out * out * 9 * cin * 4)
+    x, k, _ = _data((6, 8, 8, cin), (3, 3, cin, 5), seed=1)
+    assert layers._patch_chunk(6, (out, out), k.shape, 4) == images
     assert (layers._chunk(6, 3), layers._chunk(7, 3), layers._chunk(1, 0)) == (3, 1, 1)  # divisors, at least 1
 
     def plain(x, k):

@@ -4,11 +4,14 @@ Why this file exists (measured on the 2-core CPU, net1, batch 128; see `cnn benc
 - The gradient of `reduce_window` max-pooling (select-and-scatter) costs more than the network's
   largest convolution. A maximum over shifted slices computes the same values, and a hand-written
   backward pass (one fused pass of compare-and-place) gives the same gradient.
-- XLA:CPU computes a convolution's weight gradient as a convolution with a huge (output-sized)
-  window, about 5 GFLOP/s for a 3x3 32->64 layer: 90% of a train step. The same sum written as
-  im2col + matmul, over cache-sized batch chunks, runs about 25x faster. Stride-1 forwards and
-  input gradients stay plain `lax` convs, which are already fast; strided ones and first layers
-  take the forms described at `_conv_forward` and `_strided_input_grad`.
+- Convolutions with more than a few input channels are plain `lax` convs, forward and backward,
+  except for the strided ones' gradients: XLA computes the input gradient as a convolution over
+  the stride-dilated gradient and the kernel gradient as one with an output-sized window, both
+  2-3x slower than the matmul forms of `_strided_input_grad` and `_conv_kernel_grad`. First layers
+  (few input channels) take the forms described at `_conv_forward`.
+- All of it is measured with `runtime.tune_xla`'s setting (XLA's multi-threaded convolutions
+  instead of YNNPACK's); under YNNPACK's the plain stride-1 kernel gradient was no faster than
+  im2col + matmul, and the strided forward slower.
 """
 
 from __future__ import annotations
@@ -58,11 +61,11 @@ def _taps(xp, window, strides, out_hw):
 # --- convolution -------------------------------------------------------------------------------
 
 
-# Bytes of patches per chunk when a convolution is written as im2col + matmul: the
+# Bytes of patches per chunk when a kernel gradient is written as im2col + matmul: the
 # (chunk*Ho*Wo, kh*kw*Cin) patch matrix is built and consumed while it sits in cache. Built whole
 # for a batch of 128 28x28 images it is 113 MB, and XLA:CPU spends longer writing it than
 # multiplying. Measured on the 2-core CPU, batch 128: net1's 32->64 kernel gradient 193 ms whole,
-# ~50 ms in chunks; net2's strided 32->64 forward 22 ms as a lax conv, 15 ms in chunks (1-4 MB all close).
+# ~50 ms in chunks (1-4 MB all close).
 CHUNK_BYTES = 2.5e6
 SMALL_CIN = 4  # up to this many input channels, the forward is a sum of shifted slices (see _conv_forward)
 _reference = False
@@ -116,15 +119,16 @@ def _conv_forward(x, kernel, strides, pads):
 
     - few input channels (an image's first layer): a sum of kh*kw*Cin shifted slices times a
       weight row, one fused elementwise pass per batch chunk; XLA's convolution with Cin=1 ran at
-      ~3 GFLOP/s (net1's first layer 20 ms; this 1 ms);
-    - strided: im2col + matmul in cache-sized chunks (XLA gathers the strided windows slowly);
-    - otherwise the plain `lax` convolution.
+      ~3 GFLOP/s (net1's first layer 20 ms; this 1 ms; 1.3 against 2.8 ms with XLA's own convs);
+    - otherwise the plain `lax` convolution (strided too: 5.8 ms against 8.3 as im2col + matmul
+      for net2's 32->64 layer, batch 128).
     """
     if _reference:
         return lax.conv_general_dilated(x, kernel, strides, pads, dimension_numbers=_NHWC)
-    kh, kw, cin, cout = kernel.shape
-    ho, wo = _out_hw(x.shape, (kh, kw), strides, pads)
+    kh, kw, cin, _ = kernel.shape
     if cin <= SMALL_CIN:
+        ho, wo = _out_hw(x.shape, (kh, kw), strides, pads)
+
         def slices(xc):
             xp = jnp.pad(xc, ((0, 0), pads[0], pads[1], (0, 0)))
             out = None
@@ -141,17 +145,7 @@ def _conv_forward(x, kernel, strides, pads):
         n = x.shape[0]
         c = _chunk(n, n // 2)
         return _map_chunks(lambda i: slices(lax.dynamic_slice_in_dim(x, i * c, c)), n, c)
-    if strides == (1, 1):
-        return lax.conv_general_dilated(x, kernel, strides, pads, dimension_numbers=_NHWC)
-    n = x.shape[0]
-    c = _patch_chunk(n, (ho, wo), kernel.shape, x.dtype.itemsize)
-    w2d = kernel.reshape(-1, cout)
-
-    def chunk(i):
-        xc = lax.dynamic_slice_in_dim(x, i * c, c)
-        return (_patches(xc, (kh, kw), strides, pads, (ho, wo)) @ w2d).reshape(c, ho, wo, cout)
-
-    return _map_chunks(chunk, n, c)
+    return lax.conv_general_dilated(x, kernel, strides, pads, dimension_numbers=_NHWC)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
@@ -165,9 +159,16 @@ def _conv_fwd(x, kernel, strides, pads):
 
 def _conv_bwd(strides, pads, res, dy):
     x, kernel = res
+
+    def plain(x_, kernel_):
+        return lax.conv_general_dilated(x_, kernel_, strides, pads, dimension_numbers=_NHWC)
+
+    # XLA's own gradients where they are fastest (stride 1, more than a few channels; measured per
+    # shape with `cnn bench`), the matmul forms below elsewhere.
     if strides == (1, 1):
-        _, input_vjp = jax.vjp(lambda x_: lax.conv_general_dilated(x_, kernel, strides, pads, dimension_numbers=_NHWC), x)
-        dx = input_vjp(dy)[0]
+        if kernel.shape[2] > SMALL_CIN:
+            return jax.vjp(plain, x, kernel)[1](dy)
+        dx = jax.vjp(lambda x_: plain(x_, kernel), x)[1](dy)[0]
     else:
         dx = _strided_input_grad(dy, kernel, x.shape, strides, pads)
     return dx, _conv_kernel_grad(x, dy, kernel.shape, strides, pads).astype(kernel.dtype)
