@@ -1,4 +1,4 @@
-"""JAX start-up shared by every command that computes: compilation cache and multi-host setup."""
+"""JAX start-up shared by every command that computes: XLA flags, allocator, compilation cache, multi-host setup."""
 
 from __future__ import annotations
 
