@@ -5,9 +5,9 @@ import json
 import os
 import subprocess
 import sys
-from importlib.metadata import version
 
 import pytest
+from jaxlib.version import __version__ as jaxlib_version
 
 from cnncli import bench, runtime
 from cnncli.models import count_params, create_model
@@ -67,7 +67,7 @@ print(applied, "__ynn_fusion" in hlo, os.environ["XLA_FLAGS"], repr(runtime.user
 """
 
 
-@pytest.mark.skipif(not version("jaxlib").startswith(runtime.YNN_JAXLIB), reason="flag known only to some jaxlibs")
+@pytest.mark.skipif(not jaxlib_version.startswith(runtime.YNN_JAXLIB), reason="flag known only to some jaxlibs")
 @pytest.mark.parametrize("user_flags,applied", [
     ("", True), ("--xla_cpu_enable_fast_math=false", True),
     ("--xla_cpu_experimental_ynn_fusion_type=+individual_convolution", False),
@@ -80,6 +80,31 @@ def test_xla_tuning_moves_convolutions_off_ynnpack_unless_the_user_chose(user_fl
     assert got_applied == str(applied) and in_ynn == str(not applied)  # XLA accepted the flag and obeys it
     assert flags == (f"{user_flags} {runtime.YNN_FLAG}".strip() if applied else user_flags)
     assert user == repr(user_flags)  # what peers (TensorFlow) get
+
+
+def test_xla_tuning_leaves_other_jaxlibs_alone(monkeypatch):
+    # XLA aborts at start on a flag it does not know, so a jaxlib not known to have it gets nothing.
+    monkeypatch.setattr(runtime, "YNN_JAXLIB", ("0.0.",))
+    monkeypatch.setattr(runtime, "_user_xla_flags", None)
+    monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_enable_fast_math=false")
+    assert runtime.tune_xla() is False and os.environ["XLA_FLAGS"] == "--xla_cpu_enable_fast_math=false"
+
+
+def test_peers_get_the_users_xla_flags(monkeypatch):
+    # TensorFlow aborts on XLA flags it does not know, so the peer runs with the user's own.
+    seen = {}
+
+    def fake_run(cmd, env, **kw):
+        seen.update(env=env)
+        return subprocess.CompletedProcess(cmd, 0, stdout='{"framework": "keras", "images_per_s": 1.0}\n', stderr="")
+
+    monkeypatch.setattr(runtime, "_user_xla_flags", "--mine")
+    monkeypatch.setenv("XLA_FLAGS", f"--mine {runtime.YNN_FLAG}")
+    monkeypatch.setattr(bench.importlib.util, "find_spec", lambda name: object())
+    monkeypatch.setattr(bench.subprocess, "run", fake_run)
+    rows, note = bench.run_peer("keras", "net1", (28, 28, 1), 8, "train", 1, 1)
+    assert note is None and rows == [{"framework": "keras", "images_per_s": 1.0}]
+    assert seen["env"]["XLA_FLAGS"] == "--mine"
 
 
 def _load_ref(name):
