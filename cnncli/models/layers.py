@@ -115,16 +115,14 @@ def _patches(x, kernel_hw, strides, pads, out_hw):
 
 
 def _conv_forward(x, kernel, strides, pads):
-    """The convolution, in the form XLA:CPU runs fastest for its shape (values as `lax`'s, up to rounding).
+    """`_conv`'s forward pass (values as `lax`'s, up to rounding).
 
     - few input channels (an image's first layer): a sum of kh*kw*Cin shifted slices times a
       weight row, one fused elementwise pass per batch chunk; XLA's convolution with Cin=1 ran at
       ~3 GFLOP/s (net1's first layer 20 ms; this 1 ms; 1.3 against 2.8 ms with XLA's own convs);
-    - otherwise the plain `lax` convolution (strided too: 5.8 ms against 8.3 as im2col + matmul
-      for net2's 32->64 layer, batch 128).
+    - otherwise (strided) the plain `lax` convolution: 5.8 ms against 8.3 as im2col + matmul for
+      net2's 32->64 layer, batch 128.
     """
-    if _reference:
-        return lax.conv_general_dilated(x, kernel, strides, pads, dimension_numbers=_NHWC)
     kh, kw, cin, _ = kernel.shape
     if cin <= SMALL_CIN:
         ho, wo = _out_hw(x.shape, (kh, kw), strides, pads)
@@ -148,6 +146,14 @@ def _conv_forward(x, kernel, strides, pads):
     return lax.conv_general_dilated(x, kernel, strides, pads, dimension_numbers=_NHWC)
 
 
+def _conv2d(x, kernel, strides, pads):
+    """The convolution in the form XLA:CPU runs fastest: XLA's own, forward and backward, at stride 1
+    with more than a few input channels; `_conv`'s forms for first layers and strided convolutions."""
+    if _reference or (strides == (1, 1) and kernel.shape[2] > SMALL_CIN):
+        return lax.conv_general_dilated(x, kernel, strides, pads, dimension_numbers=_NHWC)
+    return _conv(x, kernel, strides, pads)
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
 def _conv(x, kernel, strides, pads):
     return _conv_forward(x, kernel, strides, pads)
@@ -159,16 +165,9 @@ def _conv_fwd(x, kernel, strides, pads):
 
 def _conv_bwd(strides, pads, res, dy):
     x, kernel = res
-
-    def plain(x_, kernel_):
-        return lax.conv_general_dilated(x_, kernel_, strides, pads, dimension_numbers=_NHWC)
-
-    # XLA's own gradients where they are fastest (stride 1, more than a few channels; measured per
-    # shape with `cnn bench`), the matmul forms below elsewhere.
-    if strides == (1, 1):
-        if kernel.shape[2] > SMALL_CIN:
-            return jax.vjp(plain, x, kernel)[1](dy)
-        dx = jax.vjp(lambda x_: plain(x_, kernel), x)[1](dy)[0]
+    if strides == (1, 1):  # a first layer (see `_conv2d`): XLA's input gradient is fast
+        _, input_vjp = jax.vjp(lambda x_: lax.conv_general_dilated(x_, kernel, strides, pads, dimension_numbers=_NHWC), x)
+        dx = input_vjp(dy)[0]
     else:
         dx = _strided_input_grad(dy, kernel, x.shape, strides, pads)
     return dx, _conv_kernel_grad(x, dy, kernel.shape, strides, pads).astype(kernel.dtype)
@@ -227,7 +226,7 @@ def conv2d(x, kernel, bias=None, stride=1, padding="SAME"):
     """
     strides = (stride, stride) if isinstance(stride, int) else tuple(stride)
     pads = _window_pads(x.shape[1:3], kernel.shape[:2], strides, padding)
-    y = _conv(x, kernel, strides, pads)
+    y = _conv2d(x, kernel, strides, pads)
     return y if bias is None else y + bias
 
 
@@ -251,7 +250,7 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
     if not plain:
         return lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
                                         dimension_numbers, feature_group_count, precision=precision, **kwargs)
-    return _conv(lhs, rhs, tuple(window_strides), pads)
+    return _conv2d(lhs, rhs, tuple(window_strides), pads)
 
 
 class Conv(nnx.Conv):
