@@ -189,7 +189,7 @@ def train(
     image_size: Optional[int] = typer.Option(None, help="Side in pixels photos are resized to (default 128)."),
     limit: Optional[int] = typer.Option(None, help="Train on a stratified subset of N images."),
     balance: Optional[bool] = typer.Option(None, "--balance/--no-balance", help="Undersample to the smallest class."),
-    augment: Optional[str] = typer.Option(None, help="none or a list of flip,shift,crop,rotate,zoom,color (on device)."),
+    augment: Optional[str] = typer.Option(None, help="none or a list of flip,shift,crop,rotate,zoom,color (on device); crop:N pads N px (default 4)."),
     normalize: Optional[str] = typer.Option(None, help="unit (x/255) or standard (per-channel mean/std)."),
     early_stopping: Optional[int] = typer.Option(None, help="Stop after N epochs without improvement; restores the best."),
     monitor: Optional[str] = typer.Option(None, help="val_accuracy or val_loss: what 'best' means."),

@@ -159,6 +159,36 @@ def test_tta_shift_reaches_evaluate_and_checks_its_size(tmp_path):
     assert r.returncode != 0 and "Traceback" not in r.stderr and "--tta-shift" in r.stderr
 
 
+@pytest.mark.parametrize("op, pad", [("crop", 4), ("crop:2", 2)])
+def test_crop_moves_each_image_by_at_most_its_padding(op, pad):
+    import jax
+    import jax.numpy as jnp
+
+    from cnncli.train.augment import augment
+
+    # Every pixel holds its own (row, column) code, so each output image names the offset it was cut at.
+    h = w = 12
+    codes = (np.arange(h)[:, None] * 100 + np.arange(w)[None, :]).astype(np.float32)
+    x = jnp.broadcast_to(jnp.asarray(codes)[None, :, :, None], (256, h, w, 1))
+    out = np.asarray(augment(jax.random.key(0), x, (op,)))
+    # The centre pixel is never reflected for pads below 6, so its code is the shift itself.
+    centre = out[:, 6, 6, 0].astype(int)
+    dy, dx = centre // 100 - 6, centre % 100 - 6
+    assert max(abs(dy).max(), abs(dx).max()) == pad  # 256 draws of 2*pad+1 values: every extreme seen
+    padded = np.pad(codes, pad, mode="reflect")
+    for img, a, b in zip(out[:, :, :, 0], dy, dx):
+        np.testing.assert_array_equal(img, padded[pad + a : pad + a + h, pad + b : pad + b + w])
+
+
+def test_crop_size_is_checked(tmp_path):
+    resolve({"augment": "crop:3,flip"}).validate()
+    for bad in ("crop:0", "crop:x", "flip:2"):
+        with pytest.raises(CnnError, match="only crop takes a size"):
+            resolve({"augment": bad}).validate()
+    with pytest.raises(CnnError, match="crop pads 8 px, too many for 8x8 images"):
+        train(tmp_path, epochs=1, augment="crop:8")
+
+
 def test_user_errors_are_one_line(tmp_path):
     r = cli("train", "--arch", "nope", "--dataset", "digits", "--out", str(tmp_path))
     assert r.returncode != 0 and "Traceback" not in r.stderr and r.stderr.strip().count("\n") == 0

@@ -12,6 +12,8 @@ import math
 import jax
 import jax.numpy as jnp
 
+from .config import crop_pad
+
 
 def to_unit(x):
     """uint8 NHWC -> float32 in [0, 1]."""
@@ -28,7 +30,8 @@ def augment(key, x, ops: tuple[str, ...]):
 
     - flip: horizontal mirror with p=0.5 (never use it for digits).
     - shift: translate up to 10% of the side (Keras' width/height_shift_range=0.1), zero fill.
-    - crop: pad 4 px (reflect) and crop back at a random place, the standard CIFAR recipe.
+    - crop: pad 4 px (reflect) and crop back at a random place, the standard CIFAR recipe; crop:N
+      pads N px (airbench's 2 suits schedules of a few epochs, which underfit).
     - rotate: up to +-10 degrees; zoom: scale in [0.9, 1.1]; both with bilinear resampling.
     - color: brightness +-0.2 and contrast in [0.8, 1.2].
     """
@@ -36,8 +39,8 @@ def augment(key, x, ops: tuple[str, ...]):
         return x
     n, h, w, c = x.shape
     k_flip, k_crop, k_aff, k_col = jax.random.split(key, 4)
-    if "crop" in ops:
-        pad = 4
+    pad = crop_pad(ops)
+    if pad:
         xp = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)), mode="reflect")
         offs = jax.random.randint(k_crop, (n, 2), 0, 2 * pad + 1)
         x = jax.vmap(lambda img, o: jax.lax.dynamic_slice(img, (o[0], o[1], 0), (h, w, c)))(xp, offs)

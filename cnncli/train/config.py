@@ -58,8 +58,11 @@ class TrainConfig:
         if self.schedule not in SCHEDULES:
             raise CnnError(f"unknown schedule {self.schedule!r}; choose one of {', '.join(SCHEDULES)}")
         for a in augment_list(self.augment):
-            if a not in AUGMENTS:
+            name, _, size = a.partition(":")
+            if name not in AUGMENTS:
                 raise CnnError(f"unknown augmentation {a!r}; choose from {', '.join(AUGMENTS)} or 'none'")
+            if size and not (name == "crop" and size.isdigit() and int(size) >= 1):
+                raise CnnError(f"bad augmentation {a!r}: only crop takes a size (crop:N, N >= 1 pixels)")
         if self.epochs < 1 or self.batch_size < 1:
             raise CnnError("--epochs and --batch-size must be at least 1")
         if not 0.0 <= self.val_split < 1.0:
@@ -90,6 +93,15 @@ def augment_list(spec: str | None) -> list[str]:
     if not spec or spec == "none":
         return []
     return [a.strip() for a in spec.split(",") if a.strip()]
+
+
+def crop_pad(ops) -> int:
+    """Pixels the random crop of `ops` pads each side with: 4 for "crop", N for "crop:N"; 0 without one."""
+    for op in ops:
+        name, _, size = op.partition(":")
+        if name == "crop":
+            return int(size) if size else 4
+    return 0
 
 
 def resolve(overrides: dict, recipe: dict | None = None) -> TrainConfig:

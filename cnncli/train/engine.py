@@ -21,7 +21,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from ..errors import CnnError
 from ..fsutil import write_json
 from . import checkpoint, rundir
-from .config import TrainConfig, augment_list
+from .config import TrainConfig, augment_list, crop_pad
 from .optim import DEFAULT_LR, learning_rate, make_optimizer
 from .feed import Feeder, mesh as make_mesh, put
 from .progress import Progress
@@ -90,6 +90,10 @@ def fit(cfg: TrainConfig, progress: Progress, resume: Path | None = None) -> dic
     if cfg.tta_shift and 2 * cfg.tta_shift >= min(ds.shape[:2]):
         raise CnnError(f"--tta-shift {cfg.tta_shift} is too large for {ds.shape[0]}x{ds.shape[1]} images "
                        f"(at most {(min(ds.shape[:2]) - 1) // 2} px)")
+    pad = crop_pad(augment_list(cfg.augment))
+    if pad >= min(ds.shape[:2]):
+        raise CnnError(f"--augment's crop pads {pad} px, too many for {ds.shape[0]}x{ds.shape[1]} images "
+                       f"(at most {min(ds.shape[:2]) - 1} px)")
     c = ds.shape[-1]
     mean, std = (ds.mean, ds.std) if cfg.normalize == "standard" else ((0.0,) * c, (1.0,) * c)
     model = create_model(cfg.arch, ds.shape, num_classes, activation=cfg.activation, dropout=cfg.dropout, seed=cfg.seed)
