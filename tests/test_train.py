@@ -187,6 +187,9 @@ def test_crop_size_is_checked(tmp_path):
             resolve({"augment": bad}).validate()
     with pytest.raises(CnnError, match="crop pads 8 px, too many for 8x8 images"):
         train(tmp_path, epochs=1, augment="crop:8")
+    r = cli("train", "--augment", "crop:0", "--out", str(tmp_path))  # what a user sees: one line, no traceback
+    assert r.returncode != 0 and "Traceback" not in r.stderr and r.stderr.strip().count("\n") == 0
+    assert "only crop takes a size" in r.stderr
 
 
 def test_user_errors_are_one_line(tmp_path):
