@@ -105,7 +105,7 @@ class _Setup:
         rng = np.random.default_rng(seed)
         x = rng.integers(0, 256, (batch_size, *self.input_shape), dtype=np.uint8)
         y = rng.integers(0, self.num_classes, batch_size).astype(np.int32)
-        return jax.device_put(x), jax.device_put(y)
+        return jax.device_put(x), jax.device_put(y), jax.device_put(np.arange(batch_size, dtype=np.int32))
 
     def train_step(self, gather: bool = False):
         from .train.step import make_train_step
@@ -121,11 +121,11 @@ def bench_train(setup: _Setup, batch_size: int, repeats: int, steps: int, warmup
     from .train.step import zero_metrics
 
     step = setup.train_step()
-    x, y = setup.batch(batch_size)
+    x, y, idx = setup.batch(batch_size)
     carry = {"state": setup.state, "metrics": zero_metrics(), "i": 0}
 
     def run():
-        carry["state"], carry["metrics"] = step(carry["state"], carry["metrics"], x, y, np.int32(carry["i"]))
+        carry["state"], carry["metrics"] = step(carry["state"], carry["metrics"], x, y, idx, np.int32(carry["i"]))
         carry["i"] += 1
         return carry["metrics"]
 
@@ -142,7 +142,7 @@ def bench_infer(setup: _Setup, batch_size: int, repeats: int, steps: int, warmup
     from .train.step import make_eval_step
 
     step = make_eval_step(setup.geval, binary=False, mean=setup.mean, std=setup.std)
-    x, y = setup.batch(batch_size)
+    x, y, _ = setup.batch(batch_size)
     w = jnp.ones((batch_size,), jnp.float32)
     return _timed(lambda: step(setup.state.params, setup.state.rest, x, y, w), jax.block_until_ready,
                   batch_size, repeats, steps, warmup)

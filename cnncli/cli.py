@@ -183,6 +183,7 @@ def train(
     schedule: Optional[str] = typer.Option(None, help="constant|cosine|onecycle"),
     warmup_epochs: Optional[float] = typer.Option(None, help="Linear warm-up length in epochs."),
     label_smoothing: Optional[float] = typer.Option(None, help="Label smoothing (0 = off)."),
+    bn_bias_lr: Optional[float] = typer.Option(None, help="Learning-rate multiplier for BatchNorm shifts."),
     activation: Optional[str] = typer.Option(None, help="relu|sigmoid|tanh where the architecture allows."),
     dropout: Optional[float] = typer.Option(None, help="Dropout rate where the architecture has dropout."),
     val_split: Optional[float] = typer.Option(None, help="Fraction of train held out for validation (stratified)."),
@@ -194,6 +195,8 @@ def train(
     early_stopping: Optional[int] = typer.Option(None, help="Stop after N epochs without improvement; restores the best."),
     monitor: Optional[str] = typer.Option(None, help="val_accuracy or val_loss: what 'best' means."),
     ema: Optional[float] = typer.Option(None, help="EMA decay of the weights (0 = off)."),
+    lookahead: Optional[bool] = typer.Option(None, "--lookahead/--no-lookahead",
+                                             help="Every 5 steps move the weights to their EMA (airbench's)."),
     tta_flip: Optional[bool] = typer.Option(None, "--tta-flip/--no-tta-flip", help="Average predictions with the mirror image."),
     tta_shift: Optional[int] = typer.Option(None, help="Also average over copies shifted by +-N pixels (0 = off)."),
     seed: Optional[int] = typer.Option(None, help="Seed for weights, data order, augmentation and dropout."),
@@ -565,8 +568,12 @@ def recipes(json: bool = typer.Option(False, "--json", help=JSON_HELP)):
     if json:
         o.emit_json(RECIPES)
         return
-    rows = [[name, r["description"], r["expected"],
-             " ".join(f"--{k.replace('_', '-')} {v}" for k, v in r["options"].items())] for name, r in RECIPES.items()]
+    def flag(k, v):  # as typed: switches are --name / --no-name, not "--name True"
+        name = k.replace("_", "-")
+        return (f"--{name}" if v else f"--no-{name}") if isinstance(v, bool) else f"--{name} {v}"
+
+    rows = [[name, r["description"], r["expected"], " ".join(flag(k, v) for k, v in r["options"].items())]
+            for name, r in RECIPES.items()]
     o.table("recipes (every option can still be overridden on the command line)",
             ["recipe", "goal", "measured on a 2-core CPU", "options"], rows, justify_numbers=False)
 

@@ -107,7 +107,7 @@ def test_seed004_max_pooling():
 
 
 FORWARD_SHAPES = {"catsdogs": ((24, 24, 3), 2), "vgg16": ((32, 32, 3), 10), "resnet_photo": ((16, 16, 3), 2),
-                  "resnet_cifar": ((8, 8, 3), 10), "resnet20": ((8, 8, 3), 10)}
+                  "resnet_cifar": ((8, 8, 3), 10), "resnet20": ((8, 8, 3), 10), "airbench94": ((25, 25, 3), 10)}
 
 
 @pytest.mark.parametrize("arch", list(ARCHS))
@@ -129,7 +129,7 @@ def test_forward_pass_in_train_and_eval_mode(arch):
     assert jnp.isfinite(train).all() and jnp.isfinite(ev).all()
     assert jnp.array_equal(ev, ev2)  # eval mode is deterministic
     stochastic = spec.dropout or any(
-        layer.kind in ("batch_normalization", "conv_bn", "basic_block", "pool_stage") for layer in
+        layer.kind in ("batch_normalization", "conv_bn", "basic_block", "pool_stage", "conv_group") for layer in
         abstract_model(arch, shape, classes).layers)
     assert bool(jnp.any(train != ev)) == bool(stochastic)  # dropout and batch statistics act in train mode only
 

@@ -180,6 +180,36 @@ def test_crop_moves_each_image_by_at_most_its_padding(op, pad):
         np.testing.assert_array_equal(img, padded[pad + a : pad + a + h, pad + b : pad + b + w])
 
 
+def test_alternating_flip_mirrors_each_image_in_every_other_epoch():
+    import jax
+    import jax.numpy as jnp
+
+    from cnncli.train.augment import alternating_flip
+
+    x = jax.random.uniform(jax.random.key(1), (512, 4, 5, 1))
+    idx = jnp.arange(1000, 1512)
+    views = [np.asarray(alternating_flip(jax.random.key(0), x, idx, e)) for e in range(3)]
+    mirrored = [np.all(v == np.asarray(x)[:, :, ::-1], axis=(1, 2, 3)) for v in views]
+    kept = [np.all(v == np.asarray(x), axis=(1, 2, 3)) for v in views]
+    assert all((m ^ k).all() for m, k in zip(mirrored, kept))  # each image is either mirrored or not
+    assert (mirrored[0] ^ mirrored[1]).all() and (mirrored[0] == mirrored[2]).all()
+    assert 192 < mirrored[0].sum() < 320  # a fair coin per image: 256 +- 5.6 sigma
+    again = np.asarray(alternating_flip(jax.random.key(0), x[::-1], idx[::-1], 0))[::-1]
+    np.testing.assert_array_equal(again, views[0])  # the coin follows the image, not its place in the batch
+
+
+def test_both_feeding_paths_give_the_same_run(tmp_path, monkeypatch):
+    from cnncli.train import feed
+
+    # altflip needs each image's index: the host-gathered path must pass the same ones as the resident path.
+    a = weights(train(tmp_path, epochs=1, augment="altflip,crop:1", name="resident")["run_dir"])
+    monkeypatch.setattr(feed, "RESIDENT_BYTES", 0)
+    b = weights(train(tmp_path, epochs=1, augment="altflip,crop:1", name="gathered")["run_dir"])
+    c = weights(train(tmp_path, epochs=1, augment="flip,crop:1", name="random-flip")["run_dir"])
+    assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+    assert any(not np.array_equal(a[k], c[k]) for k in a)
+
+
 def test_crop_size_is_checked(tmp_path):
     resolve({"augment": "crop:3,flip"}).validate()
     for bad in ("crop:0", "crop:x", "flip:2"):

@@ -37,6 +37,10 @@ def activate(name: str | None, x):
     return x if name is None else ACTIVATIONS[name](x)
 
 
+class Frozen(nnx.Variable):
+    """Model state set once (from data) and never trained: not an nnx.Param, so no optimizer sees it."""
+
+
 class InputTooSmall(Exception):
     """A layer's output would have no pixels; the registry turns this into a CnnError."""
 

@@ -15,6 +15,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from ..errors import CnnError
+from .blocks import Frozen
 from .layers import reference_ops
 from .registry import abstract_model, get_arch
 
@@ -29,18 +30,18 @@ def _leaves(model, kind) -> list:
 
 
 def count_params(model) -> tuple[int, int, int]:
-    """(total, trainable, non_trainable): nnx.Param is trainable, BatchNorm's nnx.BatchStat is not.
+    """(total, trainable, non_trainable): nnx.Param is trainable, BatchNorm's nnx.BatchStat and Frozen are not.
 
     Works on concrete and abstract (eval_shape) models alike; RNG state is not a parameter.
     """
     trainable = sum(math.prod(x.shape) for x in _leaves(model, nnx.Param))
-    non_trainable = sum(math.prod(x.shape) for x in _leaves(model, nnx.BatchStat))
+    non_trainable = sum(math.prod(x.shape) for x in _leaves(model, (nnx.BatchStat, Frozen)))
     return trainable + non_trainable, trainable, non_trainable
 
 
 def param_bytes(model) -> int:
     """Bytes taken by the parameters and BatchNorm statistics at their dtypes."""
-    leaves = _leaves(model, nnx.Param) + _leaves(model, nnx.BatchStat)
+    leaves = _leaves(model, (nnx.Param, nnx.BatchStat, Frozen))
     return sum(math.prod(x.shape) * jnp.dtype(x.dtype).itemsize for x in leaves)
 
 

@@ -25,10 +25,20 @@ def normalize(x, mean, std):
     return (x - jnp.asarray(mean, jnp.float32)) / jnp.asarray(std, jnp.float32)
 
 
+def alternating_flip(key, x, idx, epoch):
+    """airbench's derandomized flip: image `i` is mirrored in even epochs if a coin drawn once for it
+    (from `key` and `i`) says so, and in the odd epochs otherwise. Every image is seen both ways in
+    every two epochs, where independent coins repeat the same view a quarter of the time."""
+    coin = jax.vmap(lambda i: jax.random.bernoulli(jax.random.fold_in(key, i)))(idx)
+    flip = coin ^ (epoch % 2 == 1)
+    return jnp.where(flip[:, None, None, None], x[:, :, ::-1, :], x)
+
+
 def augment(key, x, ops: tuple[str, ...]):
     """Random flips, shifts/crops, rotations, zoom and colour jitter on a float batch in [0, 1].
 
-    - flip: horizontal mirror with p=0.5 (never use it for digits).
+    - flip: horizontal mirror with p=0.5 (never use it for digits); altflip (applied by the train
+      step, which knows each image and the epoch) mirrors in alternate epochs, see alternating_flip.
     - shift: translate up to 10% of the side (Keras' width/height_shift_range=0.1), zero fill.
     - crop: pad 4 px (reflect) and crop back at a random place, the standard CIFAR recipe; crop:N
       pads N px (airbench's 2 suits schedules of a few epochs, which underfit).

@@ -13,7 +13,7 @@ from ..errors import CnnError
 
 OPTIMIZERS = ("adam", "rmsprop", "sgd", "adadelta", "adagrad", "adamw", "nadam")
 SCHEDULES = ("constant", "cosine", "onecycle")
-AUGMENTS = ("flip", "shift", "crop", "rotate", "zoom", "color")
+AUGMENTS = ("flip", "altflip", "shift", "crop", "rotate", "zoom", "color")
 
 
 @dataclass
@@ -30,6 +30,7 @@ class TrainConfig:
     schedule: str = "constant"
     warmup_epochs: float = 0.0
     label_smoothing: float = 0.0
+    bn_bias_lr: float = 1.0  # learning-rate multiplier for BatchNorm shifts (airbench94: 64)
     activation: str | None = None  # None: the architecture's own
     dropout: float | None = None
     val_split: float = 0.1  # carved from train, stratified; the test split is never used for validation
@@ -43,6 +44,7 @@ class TrainConfig:
     seed: int = 0
     precision: str = "fp32"
     ema: float = 0.0  # decay of an exponential moving average of the weights; 0: off
+    lookahead: bool = False  # airbench's Lookahead: every 5 steps, the weights move to their EMA
     tta_flip: bool = False  # evaluate on the image and its mirror, averaged
     tta_shift: int = 0  # also on copies shifted by +-N px along each axis (reflect-padded); 0: off
     init_from: str | None = None
@@ -73,6 +75,8 @@ class TrainConfig:
             raise CnnError("normalize must be 'unit' or 'standard'")
         if self.monitor not in ("val_accuracy", "val_loss"):
             raise CnnError("--monitor must be val_accuracy or val_loss")
+        if self.bn_bias_lr <= 0:
+            raise CnnError("--bn-bias-lr must be a positive multiplier of the learning rate")
         if self.tta_shift < 0:
             raise CnnError("--tta-shift must be 0 (off) or a number of pixels")
         if self.freeze not in (None, "features"):
@@ -125,7 +129,7 @@ def resolve(overrides: dict, recipe: dict | None = None) -> TrainConfig:
         # augmentation, no flip averaging at test time, unless the user or a recipe asks for it.
         base.pop("tta_flip", None)
         if "augment" in base:
-            base["augment"] = ",".join(a for a in augment_list(base["augment"]) if a != "flip") or "none"
+            base["augment"] = ",".join(a for a in augment_list(base["augment"]) if a not in ("flip", "altflip")) or "none"
     base.update(merged)
     base.update(given)
     unknown = set(base) - {f.name for f in dataclasses.fields(TrainConfig)}

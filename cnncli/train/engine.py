@@ -16,13 +16,14 @@ from pathlib import Path
 
 import jax
 import numpy as np
+from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from ..errors import CnnError
 from ..fsutil import write_json
 from . import checkpoint, rundir
 from .config import TrainConfig, augment_list, crop_pad
-from .optim import DEFAULT_LR, learning_rate, make_optimizer
+from .optim import DEFAULT_LR, learning_rate, make_optimizer, norm_bias_mask
 from .feed import Feeder, mesh as make_mesh, put
 from .progress import Progress
 from .step import TrainState, make_eval_step, make_train_step, split, zero_metrics
@@ -75,6 +76,21 @@ def _round_up(a: int, b: int) -> int:
     return -(-a // b) * b
 
 
+# airbench estimates its 2x2x3 patch covariance (12x12) from 5,000 images (4.8M patches).
+DATA_INIT_IMAGES = 5000
+
+
+def _init_from_data(model, x_train, mean, std, seed: int) -> None:
+    """Layers set from the data before training (airbench94's whitening conv) see a random sample of
+    the normalized training images; a resumed or --init-from run then overwrites them with its own."""
+    layers = [m for _, m in nnx.iter_graph(model) if hasattr(m, "init_from_data")]
+    if layers:
+        idx = np.random.default_rng(seed).permutation(len(x_train))[:DATA_INIT_IMAGES]
+        x = (x_train[np.sort(idx)].astype(np.float32) / 255.0 - np.float32(mean)) / np.float32(std)
+        for layer in layers:
+            layer.init_from_data(x)
+
+
 def fit(cfg: TrainConfig, progress: Progress, resume: Path | None = None) -> dict:
     """Train `cfg` (or continue the run in `resume`) and return the run's summary."""
     from .. import plots
@@ -98,6 +114,7 @@ def fit(cfg: TrainConfig, progress: Progress, resume: Path | None = None) -> dic
     mean, std = (ds.mean, ds.std) if cfg.normalize == "standard" else ((0.0,) * c, (1.0,) * c)
     model = create_model(cfg.arch, ds.shape, num_classes, activation=cfg.activation, dropout=cfg.dropout, seed=cfg.seed)
     binary = get_arch(cfg.arch).binary_head and num_classes == 2
+    _init_from_data(model, ds.train.x, mean, std, cfg.seed)
     gtrain, geval, params, rest = split(model)
 
     mesh = make_mesh()
@@ -116,7 +133,7 @@ def fit(cfg: TrainConfig, progress: Progress, resume: Path | None = None) -> dic
         progress.note(note)
         if cfg.freeze == "features":
             trainable = _head_mask(params)
-    tx = make_optimizer(cfg, steps_per_epoch, trainable)
+    tx = make_optimizer(cfg, steps_per_epoch, trainable, norm_bias_mask(model, params))
     state = TrainState(params, rest, tx.init(params), jax.tree.map(lambda p: p.copy(), params) if cfg.ema else None)
 
     loop = Loop()
@@ -143,7 +160,8 @@ def fit(cfg: TrainConfig, progress: Progress, resume: Path | None = None) -> dic
     feeder = Feeder(mesh, ds.train.x, ds.train.y)
     train_step = make_train_step(gtrain, tx, binary=binary, mean=mean, std=std,
                                  augment_ops=tuple(augment_list(cfg.augment)), smoothing=cfg.label_smoothing,
-                                 ema_decay=cfg.ema, precision=cfg.precision, seed=cfg.seed, gather=feeder.resident)
+                                 ema_decay=cfg.ema, precision=cfg.precision, seed=cfg.seed, gather=feeder.resident,
+                                 steps_per_epoch=steps_per_epoch)
     eval_step = make_eval_step(geval, binary=binary, mean=mean, std=std, tta_flip=cfg.tta_flip,
                                 tta_shift=cfg.tta_shift)
     lr_at = learning_rate(cfg, steps_per_epoch)

@@ -35,7 +35,7 @@ def put(m, arr):
 
 
 class Feeder:
-    """Yields the step's data arguments: (x_all, y_all, idx) when resident, else (x, y)."""
+    """Yields the step's data arguments: (x_all, y_all, idx) when resident, else (x, y, idx)."""
 
     def __init__(self, m, x, y):
         self.mesh, self.x, self.y = m, x, y
@@ -54,7 +54,8 @@ class Feeder:
                 yield self.x_all, self.y_all, put(self.mesh, idx.astype(np.int32))
             return
         yield from _prefetch(lambda idx: (put(self.mesh, np.asarray(self.x[idx])),
-                                          put(self.mesh, np.asarray(self.y[idx], np.int32))), index)
+                                          put(self.mesh, np.asarray(self.y[idx], np.int32)),
+                                          put(self.mesh, idx.astype(np.int32))), index)
 
 
 def _prefetch(make, items):

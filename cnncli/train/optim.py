@@ -41,7 +41,42 @@ def _kernel_mask(params):
     return jax.tree.map(lambda p: p.ndim > 1, params)
 
 
-def make_optimizer(cfg: TrainConfig, steps_per_epoch: int, trainable_mask=None) -> optax.GradientTransformation:
+def norm_bias_mask(model, params):
+    """True for the shifts (biases) of the model's BatchNorms, False for every other parameter."""
+    from flax import nnx
+
+    paths = {path + ("bias",) for path, node in nnx.iter_graph(model) if isinstance(node, nnx.BatchNorm)}
+    return jax.tree_util.tree_map_with_path(
+        lambda path, _: tuple(k.key for k in path if isinstance(k, jax.tree_util.DictKey)) in paths, params)
+
+
+def lookahead(total_steps: int, every: int = 5, decay: float = 0.95**5) -> optax.GradientTransformation:
+    """airbench's Lookahead (Zhang et al. 2019): every `every` steps the weights move to an EMA of
+    themselves taken at those syncs, whose decay grows as (step / total)^3 up to `decay`, and the last
+    step ends on the EMA. Early on it changes nothing; late, it averages out the noise of the last steps.
+    """
+    import jax.numpy as jnp
+
+    def init(params):
+        return jnp.zeros([], jnp.int32), jax.tree.map(jnp.copy, params)
+
+    def update(updates, state, params):
+        count, slow = state
+        count = count + 1
+        last = count >= total_steps
+        sync = (count % every == 0) | last
+        # The last step, unless it is a sync anyway, takes the EMA as it stands (decay 1).
+        d = jnp.where(last & (count % every != 0), 1.0, decay * (count / total_steps) ** 3)
+        fast = optax.apply_updates(params, updates)
+        slow = jax.tree.map(lambda s, f: jnp.where(sync, s + (1.0 - d) * (f - s), s), slow, fast)
+        new = jax.tree.map(lambda s, f: jnp.where(sync, s, f), slow, fast)
+        return jax.tree.map(lambda n, p: n - p, new, params), (count, slow)
+
+    return optax.GradientTransformation(init, update)
+
+
+def make_optimizer(cfg: TrainConfig, steps_per_epoch: int, trainable_mask=None,
+                   norm_bias=None) -> optax.GradientTransformation:
     lr = learning_rate(cfg, steps_per_epoch)
     name = cfg.optimizer
     if name == "adam":
@@ -61,6 +96,13 @@ def make_optimizer(cfg: TrainConfig, steps_per_epoch: int, trainable_mask=None) 
     if cfg.weight_decay and name != "adamw":
         # L2 on the gradient (coupled), as PyTorch's and Keras 2's `weight_decay`; AdamW decouples it.
         tx = optax.chain(optax.add_decayed_weights(cfg.weight_decay, mask=_kernel_mask), tx)
+    if cfg.bn_bias_lr != 1.0:
+        # Every optimizer's update is proportional to its learning rate, so scaling the update is
+        # scaling the rate. airbench94 lets the shifts move 64x faster: with no BN scales to learn,
+        # they set each channel's threshold, and their gradients are small.
+        tx = optax.chain(tx, optax.masked(optax.scale(cfg.bn_bias_lr), norm_bias))
+    if cfg.lookahead:
+        tx = optax.chain(tx, lookahead(cfg.epochs * steps_per_epoch))
     if trainable_mask is not None:
         # Transfer learning: frozen parameters get zero updates and no optimizer state.
         tx = optax.multi_transform(

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from .augment import augment, normalize, to_unit
+from .augment import alternating_flip, augment, normalize, to_unit
 
 
 EVAL_CHUNK = 128
@@ -64,18 +64,22 @@ def probabilities(logits, binary: bool):
 
 
 def make_train_step(gtrain, tx, *, binary, mean, std, augment_ops=(), smoothing=0.0, ema_decay=0.0,
-                    precision="fp32", seed=0, gather=False):
-    """step(state, metrics, x_uint8, y, step) -> (state, metrics). Jitted; state and metrics donated.
+                    precision="fp32", seed=0, gather=False, steps_per_epoch=1):
+    """step(state, metrics, x_uint8, y, idx, step) -> (state, metrics). Jitted; state and metrics donated.
 
-    With `gather=True`: step(state, metrics, x_all, y_all, idx, step), the batch being x_all[idx].
+    `idx` are the images' positions in the training set. With `gather=True`:
+    step(state, metrics, x_all, y_all, idx, step), the batch being x_all[idx].
     """
     base_key = jax.random.key(seed + 7919)
+    flip_key = jax.random.key(seed + 104729)  # the same for every step: which half starts mirrored
     compute_dtype = jnp.bfloat16 if precision == "bf16" else jnp.float32
 
-    def step_fn(state: TrainState, metrics, x, y, step):
+    def step_fn(state: TrainState, metrics, x, y, idx, step):
         x = to_unit(x)
         if augment_ops:
             x = augment(jax.random.fold_in(base_key, step), x, augment_ops)
+        if "altflip" in augment_ops:
+            x = alternating_flip(flip_key, x, idx, step // steps_per_epoch)
         x = normalize(x, mean, std).astype(compute_dtype)
 
         def loss_fn(params, rest):
@@ -99,7 +103,7 @@ def make_train_step(gtrain, tx, *, binary, mean, std, augment_ops=(), smoothing=
 
     def gather_fn(state, metrics, x_all, y_all, idx, step):
         # Device-resident data (see feed.py): the batch is gathered inside the step.
-        return step_fn(state, metrics, x_all[idx], y_all[idx], step)
+        return step_fn(state, metrics, x_all[idx], y_all[idx], idx, step)
 
     return jax.jit(gather_fn, donate_argnums=(0, 1)) if gather else jax.jit(step_fn, donate_argnums=(0, 1))
 
