@@ -15,16 +15,18 @@ from cnncli.train.optim import DEFAULT_LR
 
 @pytest.mark.parametrize("name", sorted(RECIPES))
 def test_recipe_runs_shrunken(name, tmp_path, data_dir):
+    # Test-time views off: 10 views of the 10,000 CIFAR-10 test images would take airbench94 ~2 min
+    # here (they are tested in test_train.py).
     r = subprocess.run([sys.executable, "-m", "cnncli.cli", "train", "--recipe", name, "--limit", "256",
-                        "--epochs", "1", "--batch-size", "32", "--out", str(tmp_path), "--json"],
-                       capture_output=True, text=True)
+                        "--epochs", "1", "--batch-size", "32", "--no-tta-flip", "--tta-shift", "0",
+                        "--out", str(tmp_path), "--json"], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
     cfg = json.loads((tmp_path / out["run_dir"].split("/")[-1] / "config.json").read_text())
     opts = RECIPES[name]["options"]
     # The recipe's options were applied, except the ones overridden on the command line.
     assert cfg["recipe"] == name and cfg["epochs"] == 1 and cfg["batch_size"] == 32
-    assert all(cfg[k] == v for k, v in opts.items() if k not in ("epochs", "batch_size"))
+    assert all(cfg[k] == v for k, v in opts.items() if k not in ("epochs", "batch_size", "tta_flip", "tta_shift"))
     assert 0.0 <= out["test_accuracy"] <= 1.0
 
 
@@ -67,3 +69,14 @@ def test_mnist_net1_keeps_the_seed_protocol():
         assert getattr(recipe, key) == getattr(seed, key), key
     # The seed ran Keras' default learning rate; the recipe states it, as the peak of its schedule.
     assert seed.lr is None and recipe.lr == DEFAULT_LR["adam"] and seed.optimizer == "adam"
+
+
+def test_recipes_options_column_is_a_valid_command_line():
+    # The options column is meant to be pasted after `cnn train`: switches must read --x / --no-x.
+    from typer.testing import CliRunner
+
+    from cnncli.cli import app
+
+    table = CliRunner().invoke(app, ["recipes"], env={"COLUMNS": "400"}).output
+    line = next(ln for ln in table.splitlines() if ln.startswith("cifar10-90 "))
+    assert "--lookahead --val-split" in line and "--tta-flip --tta-shift" in line and " True" not in line
