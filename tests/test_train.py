@@ -210,6 +210,33 @@ def test_both_feeding_paths_give_the_same_run(tmp_path, monkeypatch):
     assert any(not np.array_equal(a[k], c[k]) for k in a)
 
 
+def test_airbench_options_from_the_command_line(tmp_path):
+    r = cli("train", "--arch", "net2", "--dataset", "digits", "--epochs", "1", "--lookahead", "--augment",
+            "altflip", "--bn-bias-lr", "2", "--out", str(tmp_path), "--json")
+    assert r.returncode == 0, r.stderr
+    cfg = json.loads((Path(json.loads(r.stdout)["run_dir"]) / "config.json").read_text())
+    assert (cfg["lookahead"], cfg["augment"], cfg["bn_bias_lr"]) == (True, "altflip", 2.0)
+    for bad, message in ((["--bn-bias-lr", "0"], "--bn-bias-lr must be a positive"),
+                         (["--augment", "altflip:2"], "only crop takes a size")):
+        r = cli("train", *bad, "--out", str(tmp_path))
+        assert r.returncode != 0 and "Traceback" not in r.stderr and r.stderr.strip().count("\n") == 0
+        assert message in r.stderr
+
+
+def test_resume_takes_data_derived_layers_from_the_checkpoint(tmp_path, monkeypatch):
+    from cnncli.train import TrainConfig, engine, read_config
+
+    calls = []
+    real = engine._init_from_data
+    monkeypatch.setattr(engine, "_init_from_data", lambda *a: calls.append(a) or real(*a))
+    s = train(tmp_path, epochs=1)
+    assert len(calls) == 1  # a fresh run sets them from the data
+    cfg = TrainConfig.from_dict(read_config(s["run_dir"]))
+    cfg.epochs = 2
+    fit(cfg, quiet(), resume=Path(s["run_dir"]))
+    assert len(calls) == 1  # the resumed one does not redo it: its checkpoint overwrites them anyway
+
+
 def test_crop_size_is_checked(tmp_path):
     resolve({"augment": "crop:3,flip"}).validate()
     for bad in ("crop:0", "crop:x", "flip:2"):

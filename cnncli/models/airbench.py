@@ -42,7 +42,7 @@ def _dirac_init(key, shape, dtype=jnp.float32):
 
 def whitening_kernel(images: np.ndarray, size: int = WHITEN_SIZE, eps: float = WHITEN_EPS) -> np.ndarray:
     """(size, size, C, 2*size*size*C) HWIO kernel whose outputs are whitened patches and their negatives."""
-    n, h, w, c = images.shape
+    c = images.shape[-1]
     windows = np.lib.stride_tricks.sliding_window_view(images, (size, size), axis=(1, 2))  # n,h',w',c,kh,kw
     patches = windows.transpose(0, 1, 2, 4, 5, 3).reshape(-1, size * size * c).astype(np.float64)
     cov = patches.T @ patches / len(patches)

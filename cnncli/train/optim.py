@@ -54,6 +54,10 @@ def lookahead(total_steps: int, every: int = 5, decay: float = 0.95**5) -> optax
     """airbench's Lookahead (Zhang et al. 2019): every `every` steps the weights move to an EMA of
     themselves taken at those syncs, whose decay grows as (step / total)^3 up to `decay`, and the last
     step ends on the EMA. Early on it changes nothing; late, it averages out the noise of the last steps.
+
+    Not `optax.lookahead`: its slow step is fixed (no ramp), and it makes the parameters a
+    (fast, slow) pair that the train step, the EMA and the checkpoints would all have to unwrap;
+    here the slow copy lives in the optimizer state and the parameters stay the model's.
     """
     import jax.numpy as jnp
 
