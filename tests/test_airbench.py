@@ -20,7 +20,7 @@ from flax import nnx
 from cnncli.models import count_params, create_model
 from cnncli.models.airbench import _dirac_init, whitening_kernel
 from cnncli.train import checkpoint, resolve
-from cnncli.train.optim import lookahead, make_optimizer, norm_bias_mask
+from cnncli.train.optim import lookahead, make_optimizer, norm_bias_mask, param_epochs
 
 
 def _patches(x, size=2):
@@ -66,7 +66,7 @@ def test_bn_bias_lr_scales_the_batchnorm_shifts_only():
     picked = [p for p, m in zip(jax.tree.leaves(params), jax.tree.leaves(mask)) if m]
     assert sorted(p.shape[0] for p in picked) == [64, 64, 256, 256, 256, 256]
     cfg = resolve(dict(arch="airbench94", dataset="cifar10", optimizer="sgd", momentum=0.0, lr=0.1,
-                       weight_decay=0.0, schedule="constant", bn_bias_lr=64.0))
+                       weight_decay=0.0, schedule="constant", warmup_epochs=0.0, bn_bias_lr=64.0))
     tx = make_optimizer(cfg, 10, None, mask)
     grads = jax.tree.map(jnp.ones_like, params)
     updates, _ = tx.update(grads, tx.init(params), params)
@@ -127,3 +127,71 @@ def test_lookahead_follows_airbench():
         params = optax.apply_updates(params, updates)
     assert float(params["w"]) == pytest.approx(w, rel=1e-6)
     assert w != 1.0 + total * step  # the EMA did move it
+
+
+def test_lookahead_ends_every_epoch_on_the_ema():
+    # airbench's loop again, with its copy of the EMA into the weights after every epoch (4 steps here).
+    total, per_epoch, step = 13, 4, 0.5
+    w, ema, seen = 1.0, 1.0, []
+    for t in range(1, total + 1):
+        w += step
+        if t % 5 == 0:
+            ema += (1 - 0.95**5 * (t / total) ** 3) * (w - ema)
+            w = ema
+        if t % per_epoch == 0 or t == total:
+            w = ema
+        seen.append(w)
+    tx = optax.chain(optax.sgd(-step), lookahead(total, steps_per_epoch=per_epoch))
+    params = {"w": jnp.array(1.0)}
+    state = tx.init(params)
+    got = []
+    for _ in range(total):
+        updates, state = tx.update({"w": jnp.array(1.0)}, state, params)
+        params = optax.apply_updates(params, updates)
+        got.append(float(params["w"]))
+    np.testing.assert_allclose(got, seen, rtol=1e-6)
+    assert got[3] == 1.0  # the first epoch ended before any sync: back to where the EMA stood
+
+
+def _airbench_tx(**options):
+    model = create_model("airbench94", (32, 32, 3), 10)
+    _, params, _ = nnx.split(model, nnx.Param, ...)
+    cfg = resolve(dict(arch="airbench94", dataset="cifar10", optimizer="sgd", momentum=0.0, lr=0.1,
+                       schedule="constant", warmup_epochs=0.0, lookahead=False, **options))
+    return params, make_optimizer(cfg, 10, None, norm_bias_mask(model, params), param_epochs(model, params))
+
+
+def test_whitening_bias_trains_for_3_epochs_then_holds():
+    params, tx = _airbench_tx(weight_decay=0.0)
+    grads = jax.tree.map(jnp.ones_like, params)
+    state = tx.init(params)
+    for step in range(31):  # 10 steps per epoch: steps 0-29 train the bias, step 30 does not
+        updates, state = tx.update(grads, state, params)
+        bias = float(updates["layers"][0]["bias"][0])
+        assert bias == (pytest.approx(-0.1) if step < 30 else 0.0), step
+        assert float(updates["layers"][6]["linear"]["kernel"][0, 0]) == pytest.approx(-0.1)  # the head trains on
+
+
+@pytest.mark.parametrize("decay_biases", [False, True])
+def test_decay_biases_decays_shifts_at_the_unscaled_rate(decay_biases):
+    params, tx = _airbench_tx(weight_decay=0.01, bn_bias_lr=64.0, decay_biases=decay_biases)
+    params = jax.tree.map(jnp.ones_like, params)
+    updates, _ = tx.update(jax.tree.map(jnp.zeros_like, params), tx.init(params), params)
+    decay = -0.1 * 0.01  # lr x wd x weight, with zero gradients
+    assert float(updates["layers"][1]["conv1"]["kernel"][0, 0, 0, 0]) == pytest.approx(decay)
+    # airbench scales the shifts' learning rate by 64, not their decay.
+    assert float(updates["layers"][1]["norm1"]["bias"][0]) == pytest.approx(decay if decay_biases else 0.0)
+    assert float(updates["layers"][0]["bias"][0]) == pytest.approx(decay if decay_biases else 0.0)
+
+
+def test_onecycle_runs_from_lr_start_to_lr_end():
+    from cnncli.train.optim import learning_rate
+
+    cfg = resolve(dict(arch="airbench94", dataset="cifar10", epochs=7, lr=1.0, lr_start=0.2, lr_end=0.07,
+                       warmup_epochs=1.6, schedule="onecycle"))
+    lr = learning_rate(cfg, 100)
+    assert [float(lr(s)) for s in (0, 160, 700)] == pytest.approx([0.2, 1.0, 0.07])
+    from cnncli.errors import CnnError
+
+    with pytest.raises(CnnError, match="fractions of the peak"):
+        resolve(dict(arch="airbench94", dataset="cifar10", lr_end=2.0))

@@ -27,8 +27,11 @@ class TrainConfig:
     lr: float | None = None  # None: the optimizer's Keras default (the seeds used Keras defaults)
     momentum: float = 0.0  # sgd only (nesterov when > 0)
     weight_decay: float = 0.0  # on kernels only; L2 on gradients, decoupled for adamw
+    decay_biases: bool = False  # weight decay on every parameter (airbench), not on kernels only
     schedule: str = "constant"
     warmup_epochs: float = 0.0
+    lr_start: float = 0.1  # onecycle: the first step's rate, as a fraction of the peak
+    lr_end: float = 0.0  # onecycle and cosine: the last step's rate, as a fraction of the peak
     label_smoothing: float = 0.0
     bn_bias_lr: float = 1.0  # learning-rate multiplier for BatchNorm shifts (airbench94: 64)
     activation: str | None = None  # None: the architecture's own
@@ -75,6 +78,8 @@ class TrainConfig:
             raise CnnError("normalize must be 'unit' or 'standard'")
         if self.monitor not in ("val_accuracy", "val_loss"):
             raise CnnError("--monitor must be val_accuracy or val_loss")
+        if not (0.0 <= self.lr_start <= 1.0 and 0.0 <= self.lr_end <= 1.0):
+            raise CnnError("--lr-start and --lr-end are fractions of the peak learning rate, in [0, 1]")
         if self.bn_bias_lr <= 0:
             raise CnnError("--bn-bias-lr must be a positive multiplier of the learning rate")
         if self.tta_shift < 0:

@@ -23,7 +23,7 @@ from ..errors import CnnError
 from ..fsutil import write_json
 from . import checkpoint, rundir
 from .config import TrainConfig, augment_list, crop_pad
-from .optim import DEFAULT_LR, learning_rate, make_optimizer, norm_bias_mask
+from .optim import DEFAULT_LR, learning_rate, make_optimizer, norm_bias_mask, param_epochs
 from .feed import Feeder, mesh as make_mesh, put
 from .progress import Progress
 from .step import TrainState, make_eval_step, make_train_step, split, zero_metrics
@@ -134,7 +134,7 @@ def fit(cfg: TrainConfig, progress: Progress, resume: Path | None = None) -> dic
         progress.note(note)
         if cfg.freeze == "features":
             trainable = _head_mask(params)
-    tx = make_optimizer(cfg, steps_per_epoch, trainable, norm_bias_mask(model, params))
+    tx = make_optimizer(cfg, steps_per_epoch, trainable, norm_bias_mask(model, params), param_epochs(model, params))
     state = TrainState(params, rest, tx.init(params), jax.tree.map(lambda p: p.copy(), params) if cfg.ema else None)
 
     loop = Loop()

@@ -27,12 +27,14 @@ def learning_rate(cfg: TrainConfig, steps_per_epoch: int):
                 [optax.linear_schedule(0.0, peak, warmup), optax.constant_schedule(peak)], [warmup]
             )
         return peak
+    end = peak * cfg.lr_end
     if cfg.schedule == "cosine":
-        return optax.warmup_cosine_decay_schedule(0.0, peak, warmup, max(total, warmup + 1), end_value=0.0)
-    # onecycle: linear up to the peak, linear down to zero (the triangle airbench uses).
+        return optax.warmup_cosine_decay_schedule(0.0, peak, warmup, max(total, warmup + 1), end_value=end)
+    # onecycle: linear up to the peak, linear down to the end (the triangle airbench uses).
     up = warmup or max(int(0.25 * total), 1)
     return optax.join_schedules(
-        [optax.linear_schedule(peak * 0.1, peak, up), optax.linear_schedule(peak, 0.0, max(total - up, 1))], [up]
+        [optax.linear_schedule(peak * cfg.lr_start, peak, up), optax.linear_schedule(peak, end, max(total - up, 1))],
+        [up],
     )
 
 
@@ -50,10 +52,37 @@ def norm_bias_mask(model, params):
         lambda path, _: tuple(k.key for k in path if isinstance(k, jax.tree_util.DictKey)) in paths, params)
 
 
-def lookahead(total_steps: int, every: int = 5, decay: float = 0.95**5) -> optax.GradientTransformation:
+def param_epochs(model, params):
+    """Epochs each parameter trains for: a module's `param_epochs` ({name: epochs}) sets it (airbench's
+    whitening bias trains for 3 epochs, then holds still); every other parameter trains throughout (inf)."""
+    from flax import nnx
+
+    limits = {path + (name,): float(e) for path, node in nnx.iter_graph(model)
+              for name, e in getattr(node, "param_epochs", {}).items()}
+    return jax.tree_util.tree_map_with_path(
+        lambda path, _: limits.get(tuple(k.key for k in path if isinstance(k, jax.tree_util.DictKey)), float("inf")),
+        params)
+
+
+def stop_after(limit_steps) -> optax.GradientTransformation:
+    """Zero each parameter's updates from step `limit_steps` (a tree like the parameters) on."""
+    import jax.numpy as jnp
+
+    def init(params):
+        return jnp.zeros([], jnp.int32)
+
+    def update(updates, count, params=None):
+        return jax.tree.map(lambda u, n: jnp.where(count < n, u, 0.0), updates, limit_steps), count + 1
+
+    return optax.GradientTransformation(init, update)
+
+
+def lookahead(total_steps: int, every: int = 5, decay: float = 0.95**5,
+              steps_per_epoch: int | None = None) -> optax.GradientTransformation:
     """airbench's Lookahead (Zhang et al. 2019): every `every` steps the weights move to an EMA of
     themselves taken at those syncs, whose decay grows as (step / total)^3 up to `decay`, and the last
-    step ends on the EMA. Early on it changes nothing; late, it averages out the noise of the last steps.
+    step of every epoch ends on the EMA (so each epoch's checkpoint holds it). Early on it changes
+    nothing; late, it averages out the noise of the last steps.
 
     Not `optax.lookahead`: its slow step is fixed (no ramp), and it makes the parameters a
     (fast, slow) pair that the train step, the EMA and the checkpoints would all have to unwrap;
@@ -67,9 +96,9 @@ def lookahead(total_steps: int, every: int = 5, decay: float = 0.95**5) -> optax
     def update(updates, state, params):
         count, slow = state
         count = count + 1
-        last = count >= total_steps
+        last = (count >= total_steps) | (count % (steps_per_epoch or total_steps) == 0)
         sync = (count % every == 0) | last
-        # The last step, unless it is a sync anyway, takes the EMA as it stands (decay 1).
+        # An epoch's last step, unless it is a sync anyway, takes the EMA as it stands (decay 1).
         d = jnp.where(last & (count % every != 0), 1.0, decay * (count / total_steps) ** 3)
         fast = optax.apply_updates(params, updates)
         slow = jax.tree.map(lambda s, f: jnp.where(sync, s + (1.0 - d) * (f - s), s), slow, fast)
@@ -80,7 +109,9 @@ def lookahead(total_steps: int, every: int = 5, decay: float = 0.95**5) -> optax
 
 
 def make_optimizer(cfg: TrainConfig, steps_per_epoch: int, trainable_mask=None,
-                   norm_bias=None) -> optax.GradientTransformation:
+                   norm_bias=None, epochs_of=None) -> optax.GradientTransformation:
+    """`norm_bias` marks BatchNorm shifts (norm_bias_mask), `epochs_of` how long each parameter trains
+    (param_epochs); both are trees like the parameters, or None."""
     lr = learning_rate(cfg, steps_per_epoch)
     name = cfg.optimizer
     if name == "adam":
@@ -99,14 +130,24 @@ def make_optimizer(cfg: TrainConfig, steps_per_epoch: int, trainable_mask=None,
         tx = optax.adagrad(lr, initial_accumulator_value=0.1, eps=KERAS_EPS)
     if cfg.weight_decay and name != "adamw":
         # L2 on the gradient (coupled), as PyTorch's and Keras 2's `weight_decay`; AdamW decouples it.
-        tx = optax.chain(optax.add_decayed_weights(cfg.weight_decay, mask=_kernel_mask), tx)
+        decay = [optax.add_decayed_weights(cfg.weight_decay, mask=_kernel_mask)]
+        if cfg.decay_biases and norm_bias is None:
+            decay = [optax.add_decayed_weights(cfg.weight_decay)]
+        elif cfg.decay_biases:
+            # Every parameter, as airbench: BatchNorm shifts at wd / bn_bias_lr, so that after the
+            # --bn-bias-lr scaling below their decay is wd like everyone's (airbench scales their rate only).
+            decay = [optax.add_decayed_weights(cfg.weight_decay, mask=jax.tree.map(lambda s: not s, norm_bias)),
+                     optax.add_decayed_weights(cfg.weight_decay / cfg.bn_bias_lr, mask=norm_bias)]
+        tx = optax.chain(*decay, tx)
     if cfg.bn_bias_lr != 1.0:
         # Every optimizer's update is proportional to its learning rate, so scaling the update is
         # scaling the rate. airbench94 lets the shifts move 64x faster: with no BN scales to learn,
         # they set each channel's threshold, and their gradients are small.
         tx = optax.chain(tx, optax.masked(optax.scale(cfg.bn_bias_lr), norm_bias))
+    if epochs_of is not None and any(e != float("inf") for e in jax.tree.leaves(epochs_of)):
+        tx = optax.chain(tx, stop_after(jax.tree.map(lambda e: min(e * steps_per_epoch, 2**30), epochs_of)))
     if cfg.lookahead:
-        tx = optax.chain(tx, lookahead(cfg.epochs * steps_per_epoch))
+        tx = optax.chain(tx, lookahead(cfg.epochs * steps_per_epoch, steps_per_epoch=steps_per_epoch))
     if trainable_mask is not None:
         # Transfer learning: frozen parameters get zero updates and no optimizer state.
         tx = optax.multi_transform(
