@@ -49,8 +49,7 @@ RECIPES: dict[str, dict] = {
         "description": ("airbench94: whitening conv, 2-px crop + alternating flip, Nesterov SGD with Lookahead, "
                         "flip+shift TTA (10 views); aims at >= 90% CIFAR-10 test in 30 min"),
         "options": dict(arch="airbench94", dataset="cifar10", epochs=7, batch_size=256, optimizer="sgd", lr=0.375,
-                        momentum=0.85, weight_decay=1.33e-3, decay_biases=True, bn_bias_lr=64.0,
-                        schedule="onecycle", lr_start=0.2, warmup_epochs=1.6, lr_end=0.07,
+                        momentum=0.85, weight_decay=1.33e-3, bn_bias_lr=64.0, schedule="onecycle",
                         augment="crop:2,altflip", label_smoothing=0.2, lookahead=True, val_split=0.0,
                         normalize="standard", tta_flip=True, tta_shift=1),
         "expected": "89.8% test (mean of seeds 0-1: 89.81%, 89.85%) in 25.6-25.9 min (matmul peak ~200 GFLOP/s)",

@@ -117,8 +117,8 @@ _SPECS = [
              # airbench's hyperparameters (batch 1024, summed loss) for a mean loss: lr 11.5 / (1 + 1/(1 - 0.85))
              # = 1.5 per 1024 images, so 0.375 at batch 256 (XLA:CPU's fastest here, 236 against 217 images/s
              # at 512), and L2 0.0153 / 11.5 = 1.33e-3. 7 epochs take ~26 min on the 2-core CPU.
-             dict(_MODERN, momentum=0.85, lr=0.375, weight_decay=1.33e-3, decay_biases=True, bn_bias_lr=64.0,
-                  schedule="onecycle", lr_start=0.2, warmup_epochs=1.6, lr_end=0.07, batch_size=256, epochs=7, augment="crop:2,altflip", label_smoothing=0.2, lookahead=True,
+             dict(_MODERN, momentum=0.85, lr=0.375, weight_decay=1.33e-3, bn_bias_lr=64.0, schedule="onecycle",
+                  batch_size=256, epochs=7, augment="crop:2,altflip", label_smoothing=0.2, lookahead=True,
                   tta_flip=True, tta_shift=1)),
     ArchSpec("fastcnn", "2 x (valid conv 3x3, max pool 2, BN, relu) with 32/64 channels, linear head",
              "this project, after seed 004's workshop", _sequential("resnets", "fastcnn"),

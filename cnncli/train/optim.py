@@ -52,37 +52,10 @@ def norm_bias_mask(model, params):
         lambda path, _: tuple(k.key for k in path if isinstance(k, jax.tree_util.DictKey)) in paths, params)
 
 
-def param_epochs(model, params):
-    """Epochs each parameter trains for: a module's `param_epochs` ({name: epochs}) sets it (airbench's
-    whitening bias trains for 3 epochs, then holds still); every other parameter trains throughout (inf)."""
-    from flax import nnx
-
-    limits = {path + (name,): float(e) for path, node in nnx.iter_graph(model)
-              for name, e in getattr(node, "param_epochs", {}).items()}
-    return jax.tree_util.tree_map_with_path(
-        lambda path, _: limits.get(tuple(k.key for k in path if isinstance(k, jax.tree_util.DictKey)), float("inf")),
-        params)
-
-
-def stop_after(limit_steps) -> optax.GradientTransformation:
-    """Zero each parameter's updates from step `limit_steps` (a tree like the parameters) on."""
-    import jax.numpy as jnp
-
-    def init(params):
-        return jnp.zeros([], jnp.int32)
-
-    def update(updates, count, params=None):
-        return jax.tree.map(lambda u, n: jnp.where(count < n, u, 0.0), updates, limit_steps), count + 1
-
-    return optax.GradientTransformation(init, update)
-
-
-def lookahead(total_steps: int, every: int = 5, decay: float = 0.95**5,
-              steps_per_epoch: int | None = None) -> optax.GradientTransformation:
+def lookahead(total_steps: int, every: int = 5, decay: float = 0.95**5) -> optax.GradientTransformation:
     """airbench's Lookahead (Zhang et al. 2019): every `every` steps the weights move to an EMA of
     themselves taken at those syncs, whose decay grows as (step / total)^3 up to `decay`, and the last
-    step of every epoch ends on the EMA (so each epoch's checkpoint holds it). Early on it changes
-    nothing; late, it averages out the noise of the last steps.
+    step ends on the EMA. Early on it changes nothing; late, it averages out the noise of the last steps.
 
     Not `optax.lookahead`: its slow step is fixed (no ramp), and it makes the parameters a
     (fast, slow) pair that the train step, the EMA and the checkpoints would all have to unwrap;
@@ -96,9 +69,9 @@ def lookahead(total_steps: int, every: int = 5, decay: float = 0.95**5,
     def update(updates, state, params):
         count, slow = state
         count = count + 1
-        last = (count >= total_steps) | (count % (steps_per_epoch or total_steps) == 0)
+        last = count >= total_steps
         sync = (count % every == 0) | last
-        # An epoch's last step, unless it is a sync anyway, takes the EMA as it stands (decay 1).
+        # The last step, unless it is a sync anyway, takes the EMA as it stands (decay 1).
         d = jnp.where(last & (count % every != 0), 1.0, decay * (count / total_steps) ** 3)
         fast = optax.apply_updates(params, updates)
         slow = jax.tree.map(lambda s, f: jnp.where(sync, s + (1.0 - d) * (f - s), s), slow, fast)
@@ -109,9 +82,8 @@ def lookahead(total_steps: int, every: int = 5, decay: float = 0.95**5,
 
 
 def make_optimizer(cfg: TrainConfig, steps_per_epoch: int, trainable_mask=None,
-                   norm_bias=None, epochs_of=None) -> optax.GradientTransformation:
-    """`norm_bias` marks BatchNorm shifts (norm_bias_mask), `epochs_of` how long each parameter trains
-    (param_epochs); both are trees like the parameters, or None."""
+                   norm_bias=None) -> optax.GradientTransformation:
+    """`norm_bias` marks BatchNorm shifts (norm_bias_mask): a tree like the parameters, or None."""
     lr = learning_rate(cfg, steps_per_epoch)
     name = cfg.optimizer
     if name == "adam":
@@ -144,10 +116,8 @@ def make_optimizer(cfg: TrainConfig, steps_per_epoch: int, trainable_mask=None,
         # scaling the rate. airbench94 lets the shifts move 64x faster: with no BN scales to learn,
         # they set each channel's threshold, and their gradients are small.
         tx = optax.chain(tx, optax.masked(optax.scale(cfg.bn_bias_lr), norm_bias))
-    if epochs_of is not None and any(e != float("inf") for e in jax.tree.leaves(epochs_of)):
-        tx = optax.chain(tx, stop_after(jax.tree.map(lambda e: min(e * steps_per_epoch, 2**30), epochs_of)))
     if cfg.lookahead:
-        tx = optax.chain(tx, lookahead(cfg.epochs * steps_per_epoch, steps_per_epoch=steps_per_epoch))
+        tx = optax.chain(tx, lookahead(cfg.epochs * steps_per_epoch))
     if trainable_mask is not None:
         # Transfer learning: frozen parameters get zero updates and no optimizer state.
         tx = optax.multi_transform(
