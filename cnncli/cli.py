@@ -175,6 +175,8 @@ def train(
     dataset: Optional[str] = typer.Option(None, help="mnist, cifar10, cats_vs_dogs, digits or an image folder."),
     recipe: Optional[str] = typer.Option(None, help="A named set of options (see `cnn recipes`)."),
     epochs: Optional[int] = typer.Option(None, help="Passes over the training set."),
+    time_budget: Optional[float] = typer.Option(None, help="Minutes: train the epochs (at most --epochs) that fit, "
+                                                "timed on this machine (0 = off)."),
     batch_size: Optional[int] = typer.Option(None, help="Images per step, over all devices."),
     optimizer: Optional[str] = typer.Option(None, help="adam|rmsprop|sgd|adadelta|adagrad|adamw|nadam"),
     lr: Optional[float] = typer.Option(None, help="Peak learning rate (default: the optimizer's Keras default)."),

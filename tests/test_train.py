@@ -314,3 +314,48 @@ def test_photo_defaults_of_an_arch_never_mirror_digits():
         assert not cfg.tta_flip and cfg.augment == "crop"
     assert not resolve({"recipe": "mnist-best"}, get_recipe("mnist-best")["options"]).tta_flip
     assert resolve({"arch": "resnet_cifar", "dataset": "mnist", "tta_flip": True}).tta_flip  # asked for: kept
+
+
+def test_time_budget_picks_the_epochs_that_fit(monkeypatch):
+    from types import SimpleNamespace
+
+    from cnncli.train import engine
+    from cnncli.train.feed import mesh
+
+    # A fake clock that only the step moves: compiling costs 5 s, then steps take 1 s, but for one
+    # hiccup of 9 s that the median ignores.
+    clock, calls = [0.0], [0]
+    monkeypatch.setattr(engine.time, "monotonic", lambda: clock[0])
+
+    def step(state, metrics, *batch):
+        calls[0] += 1
+        clock[0] += {1: 5.0, 10: 9.0}.get(calls[0], 1.0)
+        return state, metrics
+
+    feeder = SimpleNamespace(mesh=mesh(), y=np.zeros(200), epoch=lambda order, bs: ((None,) for _ in range(20)))
+
+    def budget(minutes, epochs):
+        clock[0], calls[0] = 0.0, 0
+        return engine._epochs_within_budget(resolve(dict(time_budget=minutes, epochs=epochs)), step, {}, feeder, 10, 20)
+
+    # 20 s an epoch (20 steps of 1 s); 7 s to compile and warm up, 31 s spent in all (19 steps); the real
+    # run's first steps (7 s) again: (0.95 x 120 - 31 - 7) // 20 = 3 epochs in two minutes.
+    epochs, spent, note = budget(2, 10)
+    assert (epochs, spent) == (3, 31.0) and "~20 s per epoch here, so 3 epoch(s)" in note
+    epochs, _, note = budget(2, 2)
+    assert epochs == 2 and "fits 3, capped by --epochs" in note
+    with pytest.raises(CnnError, match="does not fit one epoch here"):
+        budget(1, 10)
+
+
+def test_time_budget_from_the_command_line(tmp_path):
+    r = cli("train", "--arch", "net2", "--dataset", "digits", "--epochs", "2", "--time-budget", "2",
+            "--out", str(tmp_path), "--json")
+    assert r.returncode == 0, r.stderr
+    s = json.loads(r.stdout)
+    cfg = json.loads((Path(s["run_dir"]) / "config.json").read_text())
+    # A digits epoch takes well under a second: the cap of 2 applies, and the run records it.
+    assert (cfg["time_budget"], cfg["epochs"], s["epochs"]) == (2.0, 2, 2)
+    r = cli("train", "--dataset", "digits", "--batch-size", "16", "--time-budget", "0.01", "--out", str(tmp_path))
+    assert r.returncode != 0 and "Traceback" not in r.stderr and r.stderr.strip().count("\n") == 0
+    assert "does not fit one epoch here" in r.stderr

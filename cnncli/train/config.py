@@ -22,6 +22,7 @@ class TrainConfig:
     dataset: str = "digits"
     data_dir: str | None = None
     epochs: int = 10
+    time_budget: float = 0.0  # minutes: train for the epochs (at most `epochs`) that fit, timed here; 0: off
     batch_size: int = 128
     optimizer: str = "adam"
     lr: float | None = None  # None: the optimizer's Keras default (the seeds used Keras defaults)
@@ -68,6 +69,8 @@ class TrainConfig:
                 raise CnnError(f"unknown augmentation {a!r}; choose from {', '.join(AUGMENTS)} or 'none'")
             if size and not (name == "crop" and size.isdigit() and int(size) >= 1):
                 raise CnnError(f"bad augmentation {a!r}: only crop takes a size (crop:N, N >= 1 pixels)")
+        if self.time_budget < 0:
+            raise CnnError("--time-budget is in minutes; 0 turns it off")
         if self.epochs < 1 or self.batch_size < 1:
             raise CnnError("--epochs and --batch-size must be at least 1")
         if not 0.0 <= self.val_split < 1.0:

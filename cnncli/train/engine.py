@@ -23,7 +23,7 @@ from ..errors import CnnError
 from ..fsutil import write_json
 from . import checkpoint, rundir
 from .config import TrainConfig, augment_list, crop_pad
-from .optim import DEFAULT_LR, learning_rate, make_optimizer, norm_bias_mask, param_epochs
+from .optim import DEFAULT_LR, learning_rate, make_optimizer, norm_bias_mask
 from .feed import Feeder, mesh as make_mesh, put
 from .progress import Progress
 from .step import TrainState, make_eval_step, make_train_step, split, zero_metrics
@@ -134,8 +134,30 @@ def fit(cfg: TrainConfig, progress: Progress, resume: Path | None = None) -> dic
         progress.note(note)
         if cfg.freeze == "features":
             trainable = _head_mask(params)
-    tx = make_optimizer(cfg, steps_per_epoch, trainable, norm_bias_mask(model, params), param_epochs(model, params))
-    state = TrainState(params, rest, tx.init(params), jax.tree.map(lambda p: p.copy(), params) if cfg.ema else None)
+    replicated = NamedSharding(mesh, P())
+    feeder = Feeder(mesh, ds.train.x, ds.train.y)
+
+    def build(epochs: int):
+        """The optimizer (its schedule spans `epochs`), the initial state and the jitted step."""
+        cfg.epochs = epochs
+        tx = make_optimizer(cfg, steps_per_epoch, trainable, norm_bias_mask(model, params))
+        state = TrainState(params, rest, tx.init(params), jax.tree.map(lambda p: p.copy(), params) if cfg.ema else None)
+        step = make_train_step(gtrain, tx, binary=binary, mean=mean, std=std,
+                               augment_ops=tuple(augment_list(cfg.augment)), smoothing=cfg.label_smoothing,
+                               ema_decay=cfg.ema, precision=cfg.precision, seed=cfg.seed, gather=feeder.resident,
+                               steps_per_epoch=steps_per_epoch)
+        return state, step
+
+    state, train_step = build(cfg.epochs)
+    calibration_seconds = 0.0
+    if cfg.time_budget and resume is None:
+        epochs, calibration_seconds, note = _epochs_within_budget(
+            # A copy: the step donates its input, and the real run starts from these same arrays.
+            cfg, train_step, jax.device_put(jax.tree.map(lambda a: a.copy(), state), replicated), feeder, bs,
+            steps_per_epoch)
+        progress.note(note)
+        if epochs != cfg.epochs:
+            state, train_step = build(epochs)
 
     loop = Loop()
     if resume is not None:
@@ -156,13 +178,8 @@ def fit(cfg: TrainConfig, progress: Progress, resume: Path | None = None) -> dic
         write_json(run_dir / "config.json", record)
     progress.note(f"run directory: {run_dir}")
 
-    replicated = NamedSharding(mesh, P())
     state = jax.device_put(state, replicated)
-    feeder = Feeder(mesh, ds.train.x, ds.train.y)
-    train_step = make_train_step(gtrain, tx, binary=binary, mean=mean, std=std,
-                                 augment_ops=tuple(augment_list(cfg.augment)), smoothing=cfg.label_smoothing,
-                                 ema_decay=cfg.ema, precision=cfg.precision, seed=cfg.seed, gather=feeder.resident,
-                                 steps_per_epoch=steps_per_epoch)
+    loop.train_seconds += calibration_seconds  # timing the step is part of training
     eval_step = make_eval_step(geval, binary=binary, mean=mean, std=std, tta_flip=cfg.tta_flip,
                                 tta_shift=cfg.tta_shift)
     lr_at = learning_rate(cfg, steps_per_epoch)
@@ -276,6 +293,45 @@ def fit(cfg: TrainConfig, progress: Progress, resume: Path | None = None) -> dic
     }
     write_json(run_dir / "metrics.json", summary)
     return summary
+
+
+# --time-budget times this many steps after the compiling one and two warm-up ones (the first steps
+# after compiling run ~10-20% slower), and plans for this share of the budget (epochs of airbench94 on
+# CIFAR-10 varied by up to 7% within one run).
+BUDGET_STEPS = 16
+BUDGET_SHARE = 0.95
+
+
+def _epochs_within_budget(cfg: TrainConfig, train_step, state, feeder, bs: int, steps_per_epoch: int):
+    """Time a few steps on a throwaway copy of the state; return the epochs (at most cfg.epochs) that fit
+    in cfg.time_budget minutes, the seconds this took, and a line saying so. The real run compiles its
+    step again (its schedule spans the chosen epochs), so the budget pays for that compilation too."""
+    if steps_per_epoch < BUDGET_STEPS + 3:  # a few images: nothing worth budgeting
+        return cfg.epochs, 0.0, f"time budget {cfg.time_budget:g} min: epochs too short to time, running {cfg.epochs}"
+    metrics = jax.device_put(zero_metrics(), NamedSharding(feeder.mesh, P()))
+    t0 = time.monotonic()
+    batches = feeder.epoch(_order(cfg.seed, 1, len(feeder.y)), bs)
+    ends = []
+    for i, batch in enumerate(batches):
+        state, metrics = train_step(state, metrics, *batch, np.int32(i))
+        jax.block_until_ready(metrics)
+        ends.append(time.monotonic())
+        if len(ends) == 3 + BUDGET_STEPS:
+            break
+    batches.close()
+    del state
+    # The median step: a hiccup of the machine during these few steps does not set the whole run.
+    per_epoch = float(np.median(np.diff(ends[2:]))) * steps_per_epoch
+    compile_s = ends[2] - t0  # compilation and the warm-up steps: what the real run's first steps cost again
+    spent = ends[-1] - t0
+    fit_epochs = int((BUDGET_SHARE * cfg.time_budget * 60 - spent - compile_s) // per_epoch)
+    if fit_epochs < 1:
+        raise CnnError(f"--time-budget {cfg.time_budget:g} min does not fit one epoch here (~{per_epoch / 60:.1f} "
+                       f"min per epoch, after ~{(spent + compile_s) / 60:.1f} min compiling and timing the step)")
+    epochs = min(fit_epochs, cfg.epochs)
+    note = (f"time budget {cfg.time_budget:g} min: ~{per_epoch:.0f} s per epoch here, so {epochs} epoch(s)"
+            + (f" (fits {fit_epochs}, capped by --epochs)" if fit_epochs > cfg.epochs else ""))
+    return epochs, spent, note
 
 
 class KeyboardInterruptSaved(CnnError):
