@@ -59,7 +59,7 @@ def startup_seconds(repeats: int = 3) -> float:
     return statistics.median(times)
 
 
-def _timed(run_step, sync, batch_size: int, repeats: int, steps: int, warmup: int) -> dict:
+def timed(run_step, sync, batch_size: int, repeats: int, steps: int, warmup: int) -> dict:
     """compile_s (first call), warmup_s, and images/s median/min/max over `repeats` groups of `steps`."""
     t = time.perf_counter()
     sync(run_step())
@@ -129,7 +129,7 @@ def bench_train(setup: _Setup, batch_size: int, repeats: int, steps: int, warmup
         carry["i"] += 1
         return carry["metrics"]
 
-    out = _timed(run, jax.block_until_ready, batch_size, repeats, steps, warmup)
+    out = timed(run, jax.block_until_ready, batch_size, repeats, steps, warmup)
     setup.state = carry["state"]  # the old buffers were donated
     return out
 
@@ -144,7 +144,7 @@ def bench_infer(setup: _Setup, batch_size: int, repeats: int, steps: int, warmup
     step = make_eval_step(setup.geval, binary=False, mean=setup.mean, std=setup.std)
     x, y, _ = setup.batch(batch_size)
     w = jnp.ones((batch_size,), jnp.float32)
-    return _timed(lambda: step(setup.state.params, setup.state.rest, x, y, w), jax.block_until_ready,
+    return timed(lambda: step(setup.state.params, setup.state.rest, x, y, w), jax.block_until_ready,
                   batch_size, repeats, steps, warmup)
 
 

@@ -39,6 +39,12 @@ def cli(*args, env=None, **kw):
     return subprocess.run([sys.executable, "-m", "cnncli.cli", *args], capture_output=True, text=True, env=e, **kw)
 
 
+def assert_one_line_error(r, message):
+    """What a user sees for bad input: a non-zero exit and one line naming the problem, no traceback."""
+    assert r.returncode != 0 and "Traceback" not in r.stderr and r.stderr.strip().count("\n") == 0, r.stderr
+    assert message in r.stderr
+
+
 def weights(run_dir, which="last"):
     _, arrays = checkpoint.load(Path(run_dir) / "checkpoints" / f"{which}.msgpack")
     return {k: v for k, v in arrays.items() if k.startswith("params/")}
@@ -212,15 +218,22 @@ def test_both_feeding_paths_give_the_same_run(tmp_path, monkeypatch):
 
 def test_airbench_options_from_the_command_line(tmp_path):
     r = cli("train", "--arch", "net2", "--dataset", "digits", "--epochs", "1", "--lookahead", "--augment",
-            "altflip", "--bn-bias-lr", "2", "--out", str(tmp_path), "--json")
+            "altflip", "--bn-bias-lr", "2", "--weight-decay", "1e-4", "--decay-biases", "--schedule", "onecycle",
+            "--lr-start", "0.2", "--lr-end", "0.07", "--out", str(tmp_path), "--json")
     assert r.returncode == 0, r.stderr
-    cfg = json.loads((Path(json.loads(r.stdout)["run_dir"]) / "config.json").read_text())
+    run = Path(json.loads(r.stdout)["run_dir"])
+    cfg = json.loads((run / "config.json").read_text())
     assert (cfg["lookahead"], cfg["augment"], cfg["bn_bias_lr"]) == (True, "altflip", 2.0)
+    assert (cfg["decay_biases"], cfg["lr_start"], cfg["lr_end"]) == (True, 0.2, 0.07)
+    # The schedule reached the step: from the peak (Adam's 1e-3) at step n // 4 down to 0.07 x the peak
+    # at step n; the history logs the rate of the last step taken, n - 1.
+    n = cfg["extra"]["steps_per_epoch"]
+    up = n // 4
+    assert read_history(run)[-1]["lr"] == pytest.approx(1e-3 * (1 - 0.93 * (n - 1 - up) / (n - up)), rel=1e-5)
     for bad, message in ((["--bn-bias-lr", "0"], "--bn-bias-lr must be a positive"),
-                         (["--augment", "altflip:2"], "only crop takes a size")):
-        r = cli("train", *bad, "--out", str(tmp_path))
-        assert r.returncode != 0 and "Traceback" not in r.stderr and r.stderr.strip().count("\n") == 0
-        assert message in r.stderr
+                         (["--augment", "altflip:2"], "only crop takes a size"),
+                         (["--lr-end", "2"], "fractions of the peak learning rate")):
+        assert_one_line_error(cli("train", *bad, "--out", str(tmp_path)), message)
 
 
 def test_resume_takes_data_derived_layers_from_the_checkpoint(tmp_path, monkeypatch):
@@ -244,9 +257,7 @@ def test_crop_size_is_checked(tmp_path):
             resolve({"augment": bad}).validate()
     with pytest.raises(CnnError, match="crop pads 8 px, too many for 8x8 images"):
         train(tmp_path, epochs=1, augment="crop:8")
-    r = cli("train", "--augment", "crop:0", "--out", str(tmp_path))  # what a user sees: one line, no traceback
-    assert r.returncode != 0 and "Traceback" not in r.stderr and r.stderr.strip().count("\n") == 0
-    assert "only crop takes a size" in r.stderr
+    assert_one_line_error(cli("train", "--augment", "crop:0", "--out", str(tmp_path)), "only crop takes a size")
 
 
 def test_user_errors_are_one_line(tmp_path):
@@ -325,7 +336,7 @@ def test_time_budget_picks_the_epochs_that_fit(monkeypatch):
     # A fake clock that only the step moves: compiling costs 5 s, then steps take 1 s, but for one
     # hiccup of 9 s that the median ignores.
     clock, calls = [0.0], [0]
-    monkeypatch.setattr(engine.time, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(engine.time, "perf_counter", lambda: clock[0])
 
     def step(state, metrics, *batch):
         calls[0] += 1
@@ -338,8 +349,9 @@ def test_time_budget_picks_the_epochs_that_fit(monkeypatch):
         clock[0], calls[0] = 0.0, 0
         return engine._epochs_within_budget(resolve(dict(time_budget=minutes, epochs=epochs)), step, {}, feeder, 10, 20)
 
-    # 20 s an epoch (20 steps of 1 s); 7 s to compile and warm up, 31 s spent in all (19 steps); the real
-    # run's first steps (7 s) again: (0.95 x 120 - 31 - 7) // 20 = 3 epochs in two minutes.
+    # 20 s an epoch (20 steps of 1 s: the median of 8 groups of 2, one of them 10 s); 7 s to compile and
+    # warm up, 31 s spent in all (19 steps); the real run's first steps (7 s) again:
+    # (0.95 x 120 - 31 - 7) // 20 = 3 epochs in two minutes.
     epochs, spent, note = budget(2, 10)
     assert (epochs, spent) == (3, 31.0) and "~20 s per epoch here, so 3 epoch(s)" in note
     epochs, _, note = budget(2, 2)
@@ -349,13 +361,14 @@ def test_time_budget_picks_the_epochs_that_fit(monkeypatch):
 
 
 def test_time_budget_from_the_command_line(tmp_path):
-    r = cli("train", "--arch", "net2", "--dataset", "digits", "--epochs", "2", "--time-budget", "2",
-            "--out", str(tmp_path), "--json")
+    r = cli("train", "--arch", "net2", "--dataset", "digits", "--epochs", "2", "--batch-size", "16",
+            "--time-budget", "2", "--out", str(tmp_path))
     assert r.returncode == 0, r.stderr
-    s = json.loads(r.stdout)
-    cfg = json.loads((Path(s["run_dir"]) / "config.json").read_text())
-    # A digits epoch takes well under a second: the cap of 2 applies, and the run records it.
-    assert (cfg["time_budget"], cfg["epochs"], s["epochs"]) == (2.0, 2, 2)
+    # ~80 steps an epoch, so the step is timed; a digits epoch takes a few seconds: the cap of 2 applies.
+    assert re.search(r"time budget 2 min: ~\d+ s per epoch here, so 2 epoch\(s\) \(fits \d+, capped", r.stdout)
+    run = Path(re.search(r"run directory: (\S+)", r.stdout)[1])
+    cfg = json.loads((run / "config.json").read_text())
+    assert (cfg["time_budget"], cfg["epochs"], len(read_history(run))) == (2.0, 2, 2)
     r = cli("train", "--dataset", "digits", "--batch-size", "16", "--time-budget", "0.01", "--out", str(tmp_path))
-    assert r.returncode != 0 and "Traceback" not in r.stderr and r.stderr.strip().count("\n") == 0
-    assert "does not fit one epoch here" in r.stderr
+    assert_one_line_error(r, "does not fit one epoch here")
+    assert_one_line_error(cli("train", "--time-budget", "-1", "--out", str(tmp_path)), "--time-budget is in minutes")

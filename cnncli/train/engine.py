@@ -137,9 +137,8 @@ def fit(cfg: TrainConfig, progress: Progress, resume: Path | None = None) -> dic
     replicated = NamedSharding(mesh, P())
     feeder = Feeder(mesh, ds.train.x, ds.train.y)
 
-    def build(epochs: int):
-        """The optimizer (its schedule spans `epochs`), the initial state and the jitted step."""
-        cfg.epochs = epochs
+    def build():
+        """The optimizer (its schedule spans cfg.epochs), the initial state and the jitted step."""
         tx = make_optimizer(cfg, steps_per_epoch, trainable, norm_bias_mask(model, params))
         state = TrainState(params, rest, tx.init(params), jax.tree.map(lambda p: p.copy(), params) if cfg.ema else None)
         step = make_train_step(gtrain, tx, binary=binary, mean=mean, std=std,
@@ -148,7 +147,7 @@ def fit(cfg: TrainConfig, progress: Progress, resume: Path | None = None) -> dic
                                steps_per_epoch=steps_per_epoch)
         return state, step
 
-    state, train_step = build(cfg.epochs)
+    state, train_step = build()
     calibration_seconds = 0.0
     if cfg.time_budget and resume is None:
         epochs, calibration_seconds, note = _epochs_within_budget(
@@ -157,7 +156,8 @@ def fit(cfg: TrainConfig, progress: Progress, resume: Path | None = None) -> dic
             steps_per_epoch)
         progress.note(note)
         if epochs != cfg.epochs:
-            state, train_step = build(epochs)
+            cfg.epochs = epochs  # config.json records them; a resumed run keeps them
+            state, train_step = build()
 
     loop = Loop()
     if resume is not None:
@@ -295,35 +295,39 @@ def fit(cfg: TrainConfig, progress: Progress, resume: Path | None = None) -> dic
     return summary
 
 
-# --time-budget times this many steps after the compiling one and two warm-up ones (the first steps
-# after compiling run ~10-20% slower), and plans for this share of the budget (epochs of airbench94 on
-# CIFAR-10 varied by up to 7% within one run).
-BUDGET_STEPS = 16
+# --time-budget times BUDGET_GROUPS groups of 2 steps after the compiling one and two warm-up ones (the
+# first steps after compiling run ~10-20% slower), and plans for this share of the budget (epochs of
+# airbench94 on CIFAR-10 varied by up to 7% within one run).
+BUDGET_GROUPS = 8
 BUDGET_SHARE = 0.95
 
 
 def _epochs_within_budget(cfg: TrainConfig, train_step, state, feeder, bs: int, steps_per_epoch: int):
-    """Time a few steps on a throwaway copy of the state; return the epochs (at most cfg.epochs) that fit
-    in cfg.time_budget minutes, the seconds this took, and a line saying so. The real run compiles its
-    step again (its schedule spans the chosen epochs), so the budget pays for that compilation too."""
-    if steps_per_epoch < BUDGET_STEPS + 3:  # a few images: nothing worth budgeting
+    """Time the step as `cnn bench` does, on a throwaway copy of the state; return the epochs (at most
+    cfg.epochs) that fit in cfg.time_budget minutes, the seconds this took, and a line saying so. The real
+    run compiles its step again (its schedule spans the chosen epochs), so the budget pays for that too."""
+    from ..bench import timed
+
+    if steps_per_epoch < 3 + 2 * BUDGET_GROUPS:  # a few images: nothing worth budgeting
         return cfg.epochs, 0.0, f"time budget {cfg.time_budget:g} min: epochs too short to time, running {cfg.epochs}"
-    metrics = jax.device_put(zero_metrics(), NamedSharding(feeder.mesh, P()))
-    t0 = time.monotonic()
+    carry = {"state": state, "metrics": jax.device_put(zero_metrics(), NamedSharding(feeder.mesh, P())), "i": 0}
     batches = feeder.epoch(_order(cfg.seed, 1, len(feeder.y)), bs)
-    ends = []
-    for i, batch in enumerate(batches):
-        state, metrics = train_step(state, metrics, *batch, np.int32(i))
-        jax.block_until_ready(metrics)
-        ends.append(time.monotonic())
-        if len(ends) == 3 + BUDGET_STEPS:
-            break
-    batches.close()
-    del state
-    # The median step: a hiccup of the machine during these few steps does not set the whole run.
-    per_epoch = float(np.median(np.diff(ends[2:]))) * steps_per_epoch
-    compile_s = ends[2] - t0  # compilation and the warm-up steps: what the real run's first steps cost again
-    spent = ends[-1] - t0
+
+    def run():
+        carry["state"], carry["metrics"] = train_step(carry["state"], carry["metrics"], *next(batches),
+                                                      np.int32(carry["i"]))
+        carry["i"] += 1
+        return carry["metrics"]
+
+    t0 = time.perf_counter()
+    try:
+        # The median group: a hiccup of the machine during these few steps does not set the whole run.
+        r = timed(run, jax.block_until_ready, bs, repeats=BUDGET_GROUPS, steps=2, warmup=2)
+    finally:
+        batches.close()
+    spent = time.perf_counter() - t0
+    per_epoch = steps_per_epoch * bs / r["images_per_s"]
+    compile_s = r["compile_s"] + r["warmup_s"]  # what the real run's first steps cost again
     fit_epochs = int((BUDGET_SHARE * cfg.time_budget * 60 - spent - compile_s) // per_epoch)
     if fit_epochs < 1:
         raise CnnError(f"--time-budget {cfg.time_budget:g} min does not fit one epoch here (~{per_epoch / 60:.1f} "

@@ -102,10 +102,11 @@ def make_optimizer(cfg: TrainConfig, steps_per_epoch: int, trainable_mask=None,
         tx = optax.adagrad(lr, initial_accumulator_value=0.1, eps=KERAS_EPS)
     if cfg.weight_decay and name != "adamw":
         # L2 on the gradient (coupled), as PyTorch's and Keras 2's `weight_decay`; AdamW decouples it.
-        decay = [optax.add_decayed_weights(cfg.weight_decay, mask=_kernel_mask)]
-        if cfg.decay_biases and norm_bias is None:
+        if not cfg.decay_biases:
+            decay = [optax.add_decayed_weights(cfg.weight_decay, mask=_kernel_mask)]
+        elif norm_bias is None:  # no BatchNorm shifts marked: every parameter alike
             decay = [optax.add_decayed_weights(cfg.weight_decay)]
-        elif cfg.decay_biases:
+        else:
             # Every parameter, as airbench: BatchNorm shifts at wd / bn_bias_lr, so that after the
             # --bn-bias-lr scaling below their decay is wd like everyone's (airbench scales their rate only).
             decay = [optax.add_decayed_weights(cfg.weight_decay, mask=jax.tree.map(lambda s: not s, norm_bias)),
