@@ -56,7 +56,7 @@ RECIPES: dict[str, dict] = {
                         augment="crop:2,altflip", label_smoothing=0.2, lookahead=True, val_split=0.0,
                         normalize="standard", tta_flip=True, tta_shift=1),
         "expected": ("90.6% test (mean of seeds 0-1: 90.36%, 90.87%) in 24.2 min (12 epochs, matmul peak ~460 GFLOP/s); "
-                     "at ~200 GFLOP/s the budget fits 7 epochs: 89.8% in 25.6-25.9 min; at ~125, 5 / 4 epochs: "
+                     "at ~200 GFLOP/s 7 fit (~221 s each): 89.8% in 25.6-25.9 min; at ~125 the budget took 5 / 4: "
                      "88.78% / 87.45%"),
     },
     "cats-vs-dogs-90": {
