@@ -3,7 +3,7 @@
 Each recipe is only options for `cnn train`; every one can still be overridden on the command
 line. `expected` states what the recipe reached on the 2-core CPU of README.md's results table,
 measured with `cnn train --recipe NAME --seed S`, with the matmul peak (`cnn bench`) of the day: the
-VM measured on ran at ~100 or ~200 GFLOP/s on different days. The description says what it aims at.
+VMs measured on ran at ~100, ~200 or ~460 GFLOP/s on different days. The description says what it aims at.
 Recipes with a time goal carry it as `time_budget`: on a slower machine they train the epochs that fit
 (timed at the start), on a faster one the epochs they state.
 """
@@ -45,10 +45,10 @@ RECIPES: dict[str, dict] = {
         "expected": "99.60% test (mean of seeds 0-1: 99.59%, 99.61%) in 23.8-23.9 min (matmul peak ~200 GFLOP/s)",
     },
     "cifar10-90": {
-        # airbench94 (see the arch's defaults for its hyperparameters), at most 12 epochs: 24.2 min at a
-        # matmul peak of ~460 GFLOP/s (~415 img/s). The time budget trains fewer where 12 do not fit
-        # (7 at ~200 GFLOP/s, 4-5 at ~125). README's results table has the runs without altflip and
-        # Lookahead (-0.2 points) and the resnet_cifar recipe it replaced (86.2%).
+        # airbench94 (see the arch's defaults for its hyperparameters). At most 12 epochs: the fastest
+        # host measured timed 14 into the 30-min budget, and 12 leave it margin (airbench's own schedule
+        # is 9.9 epochs at batch 1024). The budget trains fewer where 12 do not fit. README's results
+        # table has the runs per host, without altflip and Lookahead, and the resnet_cifar recipe it replaced.
         "description": ("airbench94: whitening conv, 2-px crop + alternating flip, Nesterov SGD with Lookahead, "
                         "flip+shift TTA (10 views); aims at >= 90% CIFAR-10 test in 30 min"),
         "options": dict(arch="airbench94", dataset="cifar10", epochs=12, time_budget=30.0, batch_size=256,
