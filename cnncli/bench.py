@@ -49,6 +49,28 @@ def matmul_peak_gflops(n: int = 2048, repeats: int = 5) -> float:
     return 2 * n**3 / statistics.median(times) / 1e9
 
 
+def cpu_info(cpuinfo: str | None = None) -> dict:
+    """The host's CPU model, usable cores and widest x86 vector extension, for the record.
+
+    Same-run ratios are what compare; but figures move with the host (oneDNN lost 4x on one
+    2-core VM, and XLA gains less than oneDNN from AVX-512), so every run says what it ran on.
+    """
+    import platform
+
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:  # not Linux
+            cpuinfo = ""
+    fields = dict(line.split(":", 1) for line in cpuinfo.splitlines() if ":" in line)
+    fields = {k.strip(): v.strip() for k, v in fields.items()}
+    flags = set(fields.get("flags", "").split())
+    isa = next((name for flag, name in (("avx512f", "AVX-512"), ("avx2", "AVX2"), ("avx", "AVX")) if flag in flags),
+               platform.machine() or "unknown")
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return dict(model=fields.get("model name") or platform.processor() or "unknown", cores=cores, isa=isa)
+
+
 def startup_seconds(repeats: int = 3) -> float:
     """Median wall time of `cnn --help` in a fresh interpreter."""
     times = []

@@ -510,7 +510,7 @@ def bench(
     shape, k = (parse_shape(input_shape), classes) if input_shape else dataset_input(dataset, arch)
     sizes = {"train": batch_size, "infer": infer_batch_size or batch_size}
 
-    peak = B.matmul_peak_gflops()
+    peak, cpu = B.matmul_peak_gflops(), B.cpu_info()
     flops = flops_per_image(arch, shape, k)
     setup = B._Setup(arch, shape, k)
     rows, notes = [], []
@@ -525,7 +525,7 @@ def bench(
         rows[0].update(B.pipeline_share(setup, ds, batch_size, steps, rows[0]["images_per_s"]))
     startup = B.startup_seconds()
     for r in rows:
-        r["startup_s"] = startup
+        r["startup_s"], r["cpu"] = startup, cpu
     cnn_rate = {r["mode"]: r["images_per_s"] for r in rows}
     for peer in peers:
         for mode in wanted:
@@ -535,6 +535,7 @@ def bench(
                 break
             for r in got:
                 r = B.add_rates(r, flops, peak)
+                r["cpu"] = cpu
                 r["cnn_speedup"] = cnn_rate[mode] / r["images_per_s"]
                 rows.append(r)
 
@@ -547,6 +548,7 @@ def bench(
     out.table(f"{arch} {'x'.join(map(str, shape))}: images/s (median of {repeats} x {steps} steps)",
               ["framework", "mode", "batch", "images/s", "min-max", "GFLOP/s", "of peak", "cnn speed-up"], table)
     cnn_rows = [r for r in rows if r["framework"] == "cnn"]
+    out.print(f"cpu: {cpu['model']}, {cpu['cores']} cores, {cpu['isa']}")
     out.print(f"matmul peak {peak:.0f} GFLOP/s (fp32 2048^3 jnp.dot); forward {flops / 1e6:.1f} MFLOP/image, "
               f"train counted as {B.TRAIN_FLOPS_FACTOR}x")
     for r in cnn_rows:

@@ -28,8 +28,16 @@ def test_bench_json_rows_for_train_and_infer():
         assert r["images_per_s_min"] <= r["images_per_s"] <= r["images_per_s_max"]
         assert r["gflops"] > 0 and 0 < r["peak_share"] and r["matmul_peak_gflops"] > 0
         assert r["compile_s"] > 0 and r["startup_s"] > 0
+        assert r["cpu"] == bench.cpu_info()
     assert 0 <= rows[0]["pipeline_share"] < 1 and rows[0]["real_images_per_s"] > 0
-    assert "matmul peak" in proc.stderr and "start-up" in proc.stderr
+    assert "matmul peak" in proc.stderr and "start-up" in proc.stderr and "cpu: " in proc.stderr
+
+
+def test_cpu_info_names_the_widest_vector_extension():
+    info = "processor\t: 0\nmodel name\t: AMD EPYC\nflags\t\t: fpu sse2 avx avx2 fma\n"
+    assert bench.cpu_info(info)["model"] == "AMD EPYC" and bench.cpu_info(info)["isa"] == "AVX2"
+    assert bench.cpu_info(info.replace("avx2", "avx2 avx512f avx512bw"))["isa"] == "AVX-512"
+    assert bench.cpu_info("")["model"] and bench.cpu_info("")["cores"] >= 1  # not Linux: from platform
 
 
 def test_bench_rejects_unknown_peer_in_one_line():
