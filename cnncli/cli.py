@@ -525,7 +525,7 @@ def bench(
         rows[0].update(B.pipeline_share(setup, ds, batch_size, steps, rows[0]["images_per_s"]))
     startup = B.startup_seconds()
     for r in rows:
-        r["startup_s"], r["cpu"] = startup, cpu
+        r["startup_s"] = startup
     cnn_rate = {r["mode"]: r["images_per_s"] for r in rows}
     for peer in peers:
         for mode in wanted:
@@ -535,10 +535,11 @@ def bench(
                 break
             for r in got:
                 r = B.add_rates(r, flops, peak)
-                r["cpu"] = cpu
                 r["cnn_speedup"] = cnn_rate[mode] / r["images_per_s"]
                 rows.append(r)
 
+    for r in rows:  # peers ran on the same host, in the same run
+        r["cpu"] = cpu
     if json_out:
         for r in rows:
             out.emit_json(r)
