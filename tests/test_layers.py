@@ -3,10 +3,9 @@
 Tolerances: pooling runs the very same XLA ops as the reference, so its values must match exactly.
 The convolutions (a sum of shifted slices for few input channels, phase convolutions or matmul +
 col2im for a strided input gradient, im2col + matmul for the kernel gradient when strided or of few
-channels) sum the
-same products in another order, so fp32 rounding differs: relative error ~1e-7 per term, 1e-5 of
-the output's scale bounds it with room while still catching any wrong tap, stride or padding (those
-give O(1) errors). Max-pool's gradient adds the shares of overlapping windows in another order
+channels) sum the same products in another order, so fp32 rounding differs: relative error ~1e-7
+per term, 1e-5 of the output's scale bounds it with room while still catching any wrong tap, stride
+or padding (those give O(1) errors). Max-pool's gradient adds the shares of overlapping windows in another order
 (rounding only, 1e-6), while a tie sent to the wrong pixel would be an O(1) error.
 """
 
