@@ -80,6 +80,32 @@ def test_convolution_summed_over_batch_chunks(monkeypatch, images, stride, cin):
         _close(g, g_want)
 
 
+@pytest.mark.parametrize("activation", [None, "relu", "sigmoid", "tanh"])
+@pytest.mark.parametrize("cin,stride,chunk_images", [(1, 1, 2), (3, 1, 6), (3, 2, 3), (8, 2, 6)])
+def test_conv2d_act_equals_conv_then_activation(monkeypatch, activation, cin, stride, chunk_images):
+    """A first layer's fused conv + bias + activation (cin 1, 3; its backward from the output alone),
+    and the unfused path (cin 8): values and gradients of x, kernel and bias as the plain ops give them.
+    Batches of 6 run as 3 forward chunks and `chunk_images` per kernel-gradient chunk."""
+    x, k, b = _data((6, 9, 9, cin), (3, 3, cin, 5), seed=3)
+    out = -(-9 // stride)
+    monkeypatch.setattr(layers, "CHUNK_BYTES", chunk_images * out * out * 9 * cin * 4)
+    assert layers._patch_chunk(6, (out, out), k.shape, 4) == chunk_images
+    fn = {None: lambda z: z, "relu": jax.nn.relu, "sigmoid": jax.nn.sigmoid, "tanh": jnp.tanh}[activation]
+
+    def plain(x, k, b):
+        return fn(lax.conv_general_dilated(x, k, (stride, stride), "SAME", dimension_numbers=DN) + b)
+
+    def fast(x, k, b):
+        return layers.conv2d_act(x, k, b, stride, "SAME", activation)
+
+    _close(jax.jit(fast)(x, k, b), plain(x, k, b))
+    w = jax.random.normal(jax.random.key(4), plain(x, k, b).shape)
+    want = jax.grad(lambda *a: (plain(*a) * w).sum(), (0, 1, 2))(x, k, b)
+    got = jax.jit(jax.grad(lambda *a: (fast(*a) * w).sum(), (0, 1, 2)))(x, k, b)
+    for g, g_want in zip(got, want):
+        _close(g, g_want)
+
+
 def test_conv_module_is_nnx_conv_with_fast_gradients():
     fast = layers.Conv(3, 8, (3, 3), (2, 2), padding="SAME", rngs=nnx.Rngs(0))
     plain = nnx.Conv(3, 8, (3, 3), (2, 2), padding="SAME", rngs=nnx.Rngs(0))

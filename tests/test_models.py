@@ -239,3 +239,16 @@ def test_fastcnn_is_the_workshop_convs_with_batchnorm():
         ("Conv 32 3x3 valid + MaxPool 2 + BN + relu", [13, 13, 32]), ("Conv 64 3x3 valid + MaxPool 2 + BN + relu", [5, 5, 64])]
     assert summarize("resnet_cifar", (32, 32, 3), 10)["layers"][1]["type"] == (
         "Conv 32 3x3 + MaxPool 2 + BN + relu, +residual conv")  # the residual stage it shares code with
+
+
+@pytest.mark.parametrize("cin,stride,padding,activation", [(1, 1, "same", "relu"), (3, 2, "valid", "tanh"),
+                                                            (3, 1, "valid", None), (8, 2, "same", "sigmoid")])
+def test_conv2d_layer_is_nnx_conv_then_activation(cin, stride, padding, activation):
+    """The Conv2D layer (fused for first layers) computes what its nnx.Conv and the activation would."""
+    from cnncli.models.blocks import Conv2D, activate
+
+    layer = Conv2D(cin, 4, 3, stride, padding, activation, rngs=nnx.Rngs(0))
+    layer.conv.bias[...] = jnp.linspace(-1.0, 1.0, 4)  # non-zero, so a dropped or misplaced bias shows
+    x = jax.random.normal(jax.random.key(1), (4, 9, 9, cin))
+    want = activate(activation, layer.conv(x))
+    np.testing.assert_allclose(layer(x), want, rtol=0, atol=1e-5 * float(np.abs(want).max()))

@@ -17,25 +17,13 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from .layers import Conv, avg_pool, max_pool
+from .layers import Conv, activate, avg_pool, conv2d_act, max_pool
 
 # Keras' defaults (glorot-uniform kernels, zero biases): the seeds trained with them, and their
 # learning curves depend on the initial scale (flax's own default is lecun-normal).
 KERAS_KERNEL_INIT = nnx.initializers.glorot_uniform()
 # For the ReLU residual nets: He et al. (2015), fan-in; uniform compiles faster than truncated normal.
 HE_INIT = nnx.initializers.he_uniform()
-
-ACTIVATIONS = {
-    "relu": jax.nn.relu,
-    "sigmoid": jax.nn.sigmoid,
-    "tanh": jnp.tanh,
-}
-
-
-def activate(name: str | None, x):
-    """Apply the activation called `name`; None is the identity (Keras' 'linear')."""
-    return x if name is None else ACTIVATIONS[name](x)
-
 
 class Frozen(nnx.Variable):
     """Model state set once (from data) and never trained: not an nnx.Param, so no optimizer sees it."""
@@ -73,7 +61,8 @@ class Conv2D(nnx.Module):
         self.spec = f"{kernel}x{kernel}/{stride} {padding}"
 
     def __call__(self, x):
-        return activate(self.activation, self.conv(x))
+        c = self.conv  # its parameters; `conv2d_act` computes what c(x) and the activation would
+        return conv2d_act(x, c.kernel[...], c.bias[...], c.strides, c.padding, self.activation)
 
     def describe(self) -> str:
         return f"Conv {self.conv.out_features} {self.spec}" + (f" {self.activation}" if self.activation else "")

@@ -8,8 +8,8 @@ Why this file exists (measured on the 2-core CPU, net1, batch 128; see `cnn benc
   except for the strided ones' gradients: XLA computes the input gradient as a convolution over
   the stride-dilated gradient (mostly products with zeros) and the kernel gradient as one with an
   output-sized window, slower than the phase convolutions of `_strided_input_grad` and the matmul
-  form of `_conv_kernel_grad`. First layers (few input channels) take the forms described at
-  `_conv_forward`.
+  form of `_conv_kernel_grad`. First layers (few input channels) are a sum of shifted slices
+  (`_sum_of_slices`), with their bias and activation in the same pass (`conv2d_act`).
 - All of it is measured with `runtime.tune_xla`'s setting (XLA's multi-threaded convolutions
   instead of YNNPACK's); under YNNPACK's the plain stride-1 kernel gradient was no faster than
   im2col + matmul, and the strided forward slower.
@@ -26,6 +26,19 @@ from flax import nnx
 from jax import lax
 
 _NHWC = lax.ConvDimensionNumbers(lhs_spec=(0, 3, 1, 2), rhs_spec=(3, 2, 0, 1), out_spec=(0, 3, 1, 2))
+
+# name -> (activation, its derivative as a function of its output). The output form is what lets
+# `conv2d_act` keep only a first layer's output for the backward pass.
+ACTIVATIONS = {
+    "relu": (jax.nn.relu, lambda y: (y > 0).astype(y.dtype)),
+    "sigmoid": (jax.nn.sigmoid, lambda y: y * (1 - y)),
+    "tanh": (jnp.tanh, lambda y: 1 - y * y),
+}
+
+
+def activate(name: str | None, x):
+    """Apply the activation called `name`; None is the identity (Keras' 'linear')."""
+    return x if name is None else ACTIVATIONS[name][0](x)
 
 
 def _window_pads(size: tuple[int, int], window: tuple[int, int], strides: tuple[int, int], padding):
@@ -99,8 +112,10 @@ def _chunk(batch: int, limit: int) -> int:
 
 
 def _patch_chunk(batch: int, out_hw, kernel_shape, itemsize: int) -> int:
-    """Images per chunk whose patches (Ho*Wo*kh*kw*Cin values per image) fit CHUNK_BYTES."""
-    per_image = out_hw[0] * out_hw[1] * kernel_shape[0] * kernel_shape[1] * kernel_shape[2] * itemsize
+    """Images per chunk whose patches (Ho*Wo*kh*kw*Cin values per image), or gradient rows (Ho*Wo*Cout,
+    more for a first layer), fit CHUNK_BYTES."""
+    kh, kw, cin, cout = kernel_shape
+    per_image = out_hw[0] * out_hw[1] * max(kh * kw * cin, cout) * itemsize
     return _chunk(batch, int(CHUNK_BYTES // per_image))
 
 
@@ -108,8 +123,11 @@ def _map_chunks(fn, n: int, c: int):
     """fn(i) for each of the n // c batch chunks, concatenated along the batch (no loop for one chunk)."""
     if c == n:
         return fn(0)
-    out = lax.map(fn, jnp.arange(n // c))
-    return out.reshape(n, *out.shape[2:])
+    # Not `lax.map`: its output buffer is first filled with zeros (a 12.8 MB write for net1's first
+    # layer, ~1 ms); padding the first chunk's result makes that buffer in the same pass. net2 +1.5%.
+    first = fn(0)
+    out = lax.pad(first, jnp.zeros((), first.dtype), ((0, n - c, 0),) + ((0, 0, 0),) * (first.ndim - 1))
+    return lax.fori_loop(1, n // c, lambda i, out: lax.dynamic_update_slice_in_dim(out, fn(i), i * c, 0), out)
 
 
 def _patches(x, kernel_hw, strides, pads, out_hw):
@@ -120,35 +138,38 @@ def _patches(x, kernel_hw, strides, pads, out_hw):
 
 
 def _conv_forward(x, kernel, strides, pads):
-    """`_conv`'s forward pass (values as `lax`'s, up to rounding).
-
-    - few input channels (an image's first layer): a sum of kh*kw*Cin shifted slices times a
-      weight row, one fused elementwise pass per batch chunk; XLA's convolution with Cin=1 ran at
-      ~3 GFLOP/s (net1's first layer 20 ms; this 1 ms; 1.3 against 2.8 ms with XLA's own convs);
-    - otherwise (strided) the plain `lax` convolution: 5.8 ms against 8.3 as im2col + matmul for
-      net2's 32->64 layer, batch 128.
-    """
-    kh, kw, cin, _ = kernel.shape
-    if cin <= SMALL_CIN:
-        ho, wo = _out_hw(x.shape, (kh, kw), strides, pads)
-
-        def slices(xc):
-            xp = jnp.pad(xc, ((0, 0), pads[0], pads[1], (0, 0)))
-            out = None
-            for i, j, tap in _taps(xp, (kh, kw), strides, (ho, wo)):
-                for c in range(cin):
-                    term = tap[..., c : c + 1] * kernel[i, j, c]
-                    out = term if out is None else out + term
-            return out
-
-        # Computed in a loop over two or more batch chunks so that it is materialised: a loop's output
-        # is a fusion boundary. Fused into its consumers instead, XLA recomputes the whole sum per read
-        # (a stride-2 pool's backward reads it up to 4 times: 28 ms of workshop's step, 9 ms materialised;
-        # `optimization_barrier` does not prevent it, XLA:CPU removes barriers before fusion).
-        n = x.shape[0]
-        c = _chunk(n, n // 2)
-        return _map_chunks(lambda i: slices(lax.dynamic_slice_in_dim(x, i * c, c)), n, c)
+    """`_conv`'s forward pass (values as `lax`'s, up to rounding): `_sum_of_slices` for few input
+    channels, otherwise (strided) the plain `lax` convolution: 5.8 ms against 8.3 as im2col + matmul
+    for net2's 32->64 layer, batch 128."""
+    if kernel.shape[2] <= SMALL_CIN:
+        return _sum_of_slices(x, kernel, strides, pads)
     return lax.conv_general_dilated(x, kernel, strides, pads, dimension_numbers=_NHWC)
+
+
+def _sum_of_slices(x, kernel, strides, pads, epilogue=None):
+    """A convolution with few input channels (an image's first layer) as a sum of kh*kw*Cin shifted
+    slices times a weight row, one fused elementwise pass per batch chunk, `epilogue` (bias,
+    activation) applied in the same pass. XLA's convolution with Cin=1 ran at ~3 GFLOP/s (net1's
+    first layer 20 ms; this 1 ms; 1.3 against 2.8 ms with XLA's own convs)."""
+    kh, kw, cin, _ = kernel.shape
+    ho, wo = _out_hw(x.shape, (kh, kw), strides, pads)
+
+    def slices(xc):
+        xp = jnp.pad(xc, ((0, 0), pads[0], pads[1], (0, 0)))
+        out = None
+        for i, j, tap in _taps(xp, (kh, kw), strides, (ho, wo)):
+            for c in range(cin):
+                term = tap[..., c : c + 1] * kernel[i, j, c]
+                out = term if out is None else out + term
+        return out if epilogue is None else epilogue(out)
+
+    # Computed in a loop over two or more batch chunks so that it is materialised: a loop's output
+    # is a fusion boundary. Fused into its consumers instead, XLA recomputes the whole sum per read
+    # (a stride-2 pool's backward reads it up to 4 times: 28 ms of workshop's step, 9 ms materialised;
+    # `optimization_barrier` does not prevent it, XLA:CPU removes barriers before fusion).
+    n = x.shape[0]
+    c = _chunk(n, n // 2)
+    return _map_chunks(lambda i: slices(lax.dynamic_slice_in_dim(x, i * c, c)), n, c)
 
 
 def _conv2d(x, kernel, strides, pads):
@@ -170,12 +191,18 @@ def _conv_fwd(x, kernel, strides, pads):
 
 def _conv_bwd(strides, pads, res, dy):
     x, kernel = res
-    if strides == (1, 1):  # a first layer (see `_conv2d`): XLA's input gradient is fast
-        _, input_vjp = jax.vjp(lambda x_: lax.conv_general_dilated(x_, kernel, strides, pads, dimension_numbers=_NHWC), x)
-        dx = input_vjp(dy)[0]
-    else:
-        dx = _strided_input_grad(dy, kernel, x.shape, strides, pads)
+    dx = _input_grad(dy, kernel, x.shape, strides, pads)
     return dx, _conv_kernel_grad(x, dy, kernel.shape, strides, pads).astype(kernel.dtype)
+
+
+def _input_grad(dy, kernel, x_shape, strides, pads):
+    """d(loss)/d(x) of `_conv`: XLA's own at stride 1 (only first layers get here, see `_conv2d`;
+    XLA's input gradient is fast), `_strided_input_grad` otherwise. Unused for a network's input
+    (no gradient is taken there), XLA drops it."""
+    if strides == (1, 1):
+        conv = lambda x_: lax.conv_general_dilated(x_, kernel, strides, pads, dimension_numbers=_NHWC)
+        return jax.vjp(conv, jnp.zeros(x_shape, dy.dtype))[1](dy)[0]
+    return _strided_input_grad(dy, kernel, x_shape, strides, pads)
 
 
 def _strided_input_grad(dy, kernel, x_shape, strides, pads):
@@ -233,10 +260,13 @@ def _strided_input_grad_col2im(dy, kernel, x_shape, strides, pads):
     return _map_chunks(chunk, n, c)
 
 
-def _conv_kernel_grad(x, dy, kernel_shape, strides, pads):
+def _conv_kernel_grad(x, dy, kernel_shape, strides, pads, y=None, derivative=None):
     """d(loss)/d(kernel) as im2col + matmul: patches (N*Ho*Wo, kh*kw*Cin)^T @ dy (N*Ho*Wo, Cout).
 
     The sum over the batch runs in cache-sized chunks inside a `fori_loop` (see CHUNK_BYTES).
+    With a first layer's output `y` and its activation's `derivative`, each chunk of dy is first
+    multiplied by derivative(y) (the activation's backward, never materialised whole) and the
+    bias gradient comes back too: (kernel gradient, bias gradient).
     """
     kh, kw, cin, cout = kernel_shape
     n, ho, wo = dy.shape[:3]
@@ -244,16 +274,57 @@ def _conv_kernel_grad(x, dy, kernel_shape, strides, pads):
 
     def add_chunk(i, acc):
         xc, dyc = lax.dynamic_slice_in_dim(x, i * c, c), lax.dynamic_slice_in_dim(dy, i * c, c)
+        if derivative is not None:
+            dyc = dyc * derivative(lax.dynamic_slice_in_dim(y, i * c, c))
         patches = _patches(xc, (kh, kw), strides, pads, (ho, wo))
-        return acc + lax.dot_general(patches, dyc.reshape(-1, cout), (((0,), (0,)), ((), ())),
-                                     preferred_element_type=jnp.float32)
+        dyc = dyc.reshape(-1, cout)
+        prod = lax.dot_general(patches, dyc, (((0,), (0,)), ((), ())), preferred_element_type=jnp.float32)
+        return acc[0] + prod, acc[1] + dyc.sum(0, dtype=jnp.float32)
 
-    zero = jnp.zeros((kh * kw * cin, cout), jnp.float32)
-    grad = add_chunk(0, zero) if c == n else lax.fori_loop(0, n // c, add_chunk, zero)
-    return grad.reshape(kh, kw, cin, cout)
+    zero = (jnp.zeros((kh * kw * cin, cout), jnp.float32), jnp.zeros((cout,), jnp.float32))
+    grad, bias_grad = add_chunk(0, zero) if c == n else lax.fori_loop(0, n // c, add_chunk, zero)
+    grad = grad.reshape(kh, kw, cin, cout)
+    return grad if derivative is None else (grad, bias_grad)
 
 
 _conv.defvjp(_conv_fwd, _conv_bwd)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5))
+def _first_layer(x, kernel, bias, activation, strides, pads):
+    return _sum_of_slices(x, kernel, strides, pads, lambda z: activate(activation, z + bias))
+
+
+def _first_layer_fwd(x, kernel, bias, activation, strides, pads):
+    y = _first_layer(x, kernel, bias, activation, strides, pads)
+    return y, (x, kernel, y)
+
+
+def _first_layer_bwd(activation, strides, pads, res, g):
+    x, kernel, y = res
+    derivative = ACTIVATIONS[activation][1] if activation else (lambda y_: 1)
+    dw, db = _conv_kernel_grad(x, g, kernel.shape, strides, pads, y, derivative)
+    dx = _input_grad(g * derivative(y), kernel, x.shape, strides, pads)
+    return dx, dw.astype(kernel.dtype), db.astype(kernel.dtype)
+
+
+_first_layer.defvjp(_first_layer_fwd, _first_layer_bwd)
+
+
+def conv2d_act(x, kernel, bias, stride=1, padding="SAME", activation=None):
+    """activate(activation, conv2d(x, kernel, bias, stride, padding)): Keras' Conv2D.
+
+    A first layer (few input channels) computes the three in one pass per batch chunk, and its
+    backward pass needs only the output: the activation's derivative is written in terms of it and
+    applied chunk by chunk inside the kernel-gradient loop. The pre-activation and the gradient
+    through the activation, each as large as the layer's output (the network's largest tensors),
+    are never written out.
+    """
+    if _reference or kernel.shape[2] > SMALL_CIN or bias is None or activation not in (None, *ACTIVATIONS):
+        return activate(activation, conv2d(x, kernel, bias, stride, padding))
+    strides = (stride, stride) if isinstance(stride, int) else tuple(stride)
+    pads = _window_pads(x.shape[1:3], kernel.shape[:2], strides, padding)
+    return _first_layer(x, kernel, bias, activation, strides, pads)
 
 
 def conv2d(x, kernel, bias=None, stride=1, padding="SAME"):
