@@ -278,12 +278,21 @@ def _conv_kernel_grad(x, dy, kernel_shape, strides, pads, y=None, derivative=Non
             dyc = dyc * derivative(lax.dynamic_slice_in_dim(y, i * c, c))
         patches = _patches(xc, (kh, kw), strides, pads, (ho, wo))
         dyc = dyc.reshape(-1, cout)
-        prod = lax.dot_general(patches, dyc, (((0,), (0,)), ((), ())), preferred_element_type=jnp.float32)
+        if transposed:
+            prod = lax.dot(dyc.T, patches, preferred_element_type=jnp.float32)
+        else:
+            prod = lax.dot_general(patches, dyc, (((0,), (0,)), ((), ())), preferred_element_type=jnp.float32)
         return acc[0] + prod, acc[1] + dyc.sum(0, dtype=jnp.float32)
 
-    zero = (jnp.zeros((kh * kw * cin, cout), jnp.float32), jnp.zeros((cout,), jnp.float32))
+    # A strided layer's product is taken as dy^T @ patches, (Cout, kh*kw*Cin): a product summing over
+    # the rows of both operands ran at 91-105 GFLOP/s, with the small dy chunk transposed first 115.
+    # In the train step: net2 +5% (28x28x1), +2% (32x32x3), resnet20 1.00x. First layers (a few
+    # patch columns) keep the plain form: transposed there too, net2 trained 4% slower.
+    transposed = strides != (1, 1)
+    acc_shape = (cout, kh * kw * cin) if transposed else (kh * kw * cin, cout)
+    zero = (jnp.zeros(acc_shape, jnp.float32), jnp.zeros((cout,), jnp.float32))
     grad, bias_grad = add_chunk(0, zero) if c == n else lax.fori_loop(0, n // c, add_chunk, zero)
-    grad = grad.reshape(kh, kw, cin, cout)
+    grad = (grad.T if transposed else grad).reshape(kh, kw, cin, cout)
     return grad if derivative is None else (grad, bias_grad)
 
 
