@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import math
 
-import jax
-import jax.numpy as jnp
 from flax import nnx
 
 from .layers import Conv, activate, avg_pool, conv2d_act, max_pool
