@@ -5,8 +5,8 @@ The convolutions (a sum of shifted slices for few input channels, phase convolut
 col2im for a strided input gradient, im2col + matmul for the kernel gradient when strided or of few
 channels) sum the same products in another order, so fp32 rounding differs: relative error ~1e-7
 per term, 1e-5 of the output's scale bounds it with room while still catching any wrong tap, stride
-or padding (those give O(1) errors). Max-pool's gradient adds the shares of overlapping windows in another order
-(rounding only, 1e-6), while a tie sent to the wrong pixel would be an O(1) error.
+or padding (those give O(1) errors). Max-pool's gradient adds the shares of overlapping windows in
+another order (rounding only, 1e-6), while a tie sent to the wrong pixel would be an O(1) error.
 """
 
 import jax
@@ -104,6 +104,13 @@ def test_conv2d_act_equals_conv_then_activation(monkeypatch, activation, cin, st
     got = jax.jit(jax.grad(lambda *a: (fast(*a) * w).sum(), (0, 1, 2)))(x, k, b)
     for g, g_want in zip(got, want):
         _close(g, g_want)
+
+
+def test_every_activation_name_has_its_derivative():
+    """The registry's names (kept jax-free for `cnn --help`) are the activations layers.py can run."""
+    from cnncli.models.registry import ACTIVATION_CHOICES
+
+    assert set(ACTIVATION_CHOICES) == set(layers.ACTIVATIONS)
 
 
 def test_conv_module_is_nnx_conv_with_fast_gradients():

@@ -192,7 +192,8 @@ def _conv_fwd(x, kernel, strides, pads):
 def _conv_bwd(strides, pads, res, dy):
     x, kernel = res
     dx = _input_grad(dy, kernel, x.shape, strides, pads)
-    return dx, _conv_kernel_grad(x, dy, kernel.shape, strides, pads).astype(kernel.dtype)
+    dw, _ = _conv_kernel_grad(x, dy, kernel.shape, strides, pads)  # the unused bias sum: XLA drops it
+    return dx, dw.astype(kernel.dtype)
 
 
 def _input_grad(dy, kernel, x_shape, strides, pads):
@@ -261,12 +262,12 @@ def _strided_input_grad_col2im(dy, kernel, x_shape, strides, pads):
 
 
 def _conv_kernel_grad(x, dy, kernel_shape, strides, pads, y=None, derivative=None):
-    """d(loss)/d(kernel) as im2col + matmul: patches (N*Ho*Wo, kh*kw*Cin)^T @ dy (N*Ho*Wo, Cout).
+    """(d(loss)/d(kernel), d(loss)/d(bias)): the kernel's as im2col + matmul, patches (N*Ho*Wo,
+    kh*kw*Cin)^T @ dy (N*Ho*Wo, Cout), the bias's as the sum of dy.
 
-    The sum over the batch runs in cache-sized chunks inside a `fori_loop` (see CHUNK_BYTES).
+    The sums over the batch run in cache-sized chunks inside a `fori_loop` (see CHUNK_BYTES).
     With a first layer's output `y` and its activation's `derivative`, each chunk of dy is first
-    multiplied by derivative(y) (the activation's backward, never materialised whole) and the
-    bias gradient comes back too: (kernel gradient, bias gradient).
+    multiplied by derivative(y): the activation's backward, never materialised whole.
     """
     kh, kw, cin, cout = kernel_shape
     n, ho, wo = dy.shape[:3]
@@ -292,8 +293,7 @@ def _conv_kernel_grad(x, dy, kernel_shape, strides, pads, y=None, derivative=Non
     acc_shape = (cout, kh * kw * cin) if transposed else (kh * kw * cin, cout)
     zero = (jnp.zeros(acc_shape, jnp.float32), jnp.zeros((cout,), jnp.float32))
     grad, bias_grad = add_chunk(0, zero) if c == n else lax.fori_loop(0, n // c, add_chunk, zero)
-    grad = (grad.T if transposed else grad).reshape(kh, kw, cin, cout)
-    return grad if derivative is None else (grad, bias_grad)
+    return (grad.T if transposed else grad).reshape(kh, kw, cin, cout), bias_grad
 
 
 _conv.defvjp(_conv_fwd, _conv_bwd)
@@ -329,7 +329,7 @@ def conv2d_act(x, kernel, bias, stride=1, padding="SAME", activation=None):
     through the activation, each as large as the layer's output (the network's largest tensors),
     are never written out.
     """
-    if _reference or kernel.shape[2] > SMALL_CIN or bias is None or activation not in (None, *ACTIVATIONS):
+    if _reference or kernel.shape[2] > SMALL_CIN or bias is None:
         return activate(activation, conv2d(x, kernel, bias, stride, padding))
     strides = (stride, stride) if isinstance(stride, int) else tuple(stride)
     pads = _window_pads(x.shape[1:3], kernel.shape[:2], strides, padding)
