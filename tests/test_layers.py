@@ -58,6 +58,23 @@ def test_conv2d_values_and_gradients_equal_lax(monkeypatch, size, kernel, stride
             _close(got, want)
 
 
+@pytest.mark.parametrize("size,kernel,stride,padding", [
+    (9, 3, 2, "SAME"), (10, 3, 2, "SAME"), (11, 5, 2, "VALID"), (12, 3, 2, "VALID"), (8, 4, 2, "SAME"),
+    (10, 3, 3, "SAME"), (11, 2, 3, "VALID"), (9, 1, 2, "SAME"), (9, 3, 1, ((2, 0), (1, 1))),
+])
+def test_patches_are_im2col(size, kernel, stride, padding):
+    """Row (n, h, w) of the patch matrix is the padded input's window at (stride*h, stride*w), in (i, j, cin)
+    order, for block sizes that split, cover or overrun the kernel (copies only: exact)."""
+    x = np.asarray(jax.random.normal(jax.random.key(3), (2, size, size + 1, 3)))
+    pads = layers._window_pads(x.shape[1:3], (kernel, kernel), (stride, stride), padding)
+    out_hw = layers._out_hw(x.shape, (kernel, kernel), (stride, stride), pads)
+    xp = np.pad(x, ((0, 0), pads[0], pads[1], (0, 0)))
+    want = np.stack([xp[n, stride * h : stride * h + kernel, stride * w : stride * w + kernel].ravel()
+                     for n in range(2) for h in range(out_hw[0]) for w in range(out_hw[1])])
+    got = jax.jit(layers._patches, static_argnums=(1, 2, 3, 4))(x, (kernel, kernel), (stride, stride), pads, out_hw)
+    np.testing.assert_array_equal(np.asarray(got), want)
+
+
 # The chunked forms: the kernel gradient of a first layer (stride 1, 3 channels) and of a strided
 # layer, and the strided input gradient; one image per chunk, or 3 of a batch of 6.
 @pytest.mark.parametrize("images,stride,cin", [(1, 1, 3), (1, 2, 8), (3, 1, 3), (3, 2, 8)])

