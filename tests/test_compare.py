@@ -223,11 +223,11 @@ def test_compare_on_digits_with_repeats(tmp_path):
         "comparison.csv", "comparison.json", "comparison.png", "digits-net2-optimizer_adam-s3",
         "digits-net2-optimizer_adam-s4", "digits-net2-optimizer_sgd-s3", "digits-net2-optimizer_sgd-s4"]
     # Each run is a normal run directory, trained with its variant's option and the shared ones.
-    for run in res["runs"]:
-        cfg = json.loads((Path(run["run_dir"]) / "config.json").read_text())
+    for entry in res["runs"]:
+        cfg = json.loads((Path(entry["run_dir"]) / "config.json").read_text())
         assert (cfg["optimizer"], cfg["seed"], cfg["epochs"], cfg["batch_size"], cfg["limit"]) == (
-            run["variant"].split("=")[1], run["seed"], 2, 32, 400)
-        assert (Path(run["run_dir"]) / "checkpoints" / "best.msgpack").is_file()
+            entry["variant"].split("=")[1], entry["seed"], 2, 32, 400)
+        assert (Path(entry["run_dir"]) / "checkpoints" / "best.msgpack").is_file()
     # The table (stderr with --json): mean ± std over the two seeds, recomputed from the histories.
     lines = table_lines(r.stderr, "digits (2 seeds, mean ± std)")
     for line, variant in zip(lines, ("adam", "sgd")):

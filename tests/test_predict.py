@@ -9,7 +9,6 @@ import json
 import os
 import shutil
 import struct
-import sys
 import zlib
 from pathlib import Path
 
