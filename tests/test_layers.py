@@ -123,6 +123,27 @@ def test_conv2d_act_equals_conv_then_activation(monkeypatch, activation, cin, st
         _close(g, g_want)
 
 
+@pytest.mark.parametrize("group", [2, 4])
+@pytest.mark.parametrize("kernel,padding", [(3, "SAME"), (5, "VALID"), (2, "SAME"), (3, ((2, 0), (1, 1)))])
+def test_single_channel_kernel_gradient_by_pixel_groups(monkeypatch, group, kernel, padding):
+    """A 1-channel layer's kernel and bias gradients from patches of `group` neighbouring pixels
+    (the output widths, 12 and 8, are multiples of both groups) equal the plain ones; 2 images a chunk."""
+    monkeypatch.setattr(layers, "PIXEL_GROUP", group)
+    monkeypatch.setattr(layers, "CHUNK_BYTES", 1)
+    x, k, b = _data((4, 9, 12, 1), (kernel, kernel, 1, 5), seed=5)
+    shape = lax.conv_general_dilated(x, k, (1, 1), padding, dimension_numbers=DN).shape
+    assert shape[2] % group == 0
+
+    def plain(x, k, b):
+        return jax.nn.relu(lax.conv_general_dilated(x, k, (1, 1), padding, dimension_numbers=DN) + b)
+
+    w = jax.random.normal(jax.random.key(6), shape)
+    want = jax.grad(lambda *a: (plain(*a) * w).sum(), (1, 2))(x, k, b)
+    got = jax.jit(jax.grad(lambda *a: (layers.conv2d_act(x, *a, 1, padding, "relu") * w).sum(), (0, 1)))(k, b)
+    for g, g_want in zip(got, want):
+        _close(g, g_want)
+
+
 def test_every_activation_name_has_its_derivative():
     """The registry's names (kept jax-free for `cnn --help`) are the activations layers.py can run."""
     from cnncli.models.registry import ACTIVATION_CHOICES
