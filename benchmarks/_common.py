@@ -1,7 +1,9 @@
 """Shared command line and timing loop of the peer reference benchmarks (torch_ref.py, keras_ref.py).
 
 Each peer runs the same network as `cnn` (net1 or net2, see README.md here) on synthetic batches and
-prints one JSON line per mode with the fields `cnn bench --json` prints.
+prints one JSON line per mode with the fields `cnn bench --json` prints. With `--serve` (what
+`cnn bench --vs` uses) it warms up one mode, prints a ready line and then times one block of steps
+per line read on stdin, so that `cnn bench` can alternate the frameworks' blocks (see `serve`).
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 import time
 
 ARCHS = ("net1", "net2")
@@ -25,7 +28,10 @@ def parse_args(framework: str) -> argparse.Namespace:
     p.add_argument("--repeats", type=int, default=5, help="timed groups; images/s is their median")
     p.add_argument("--steps", type=int, default=5, help="steps per timed group")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps first (graph building, caches)")
+    p.add_argument("--serve", action="store_true", help="time one block of N steps per line N on stdin (one mode)")
     args = p.parse_args()
+    if args.serve and args.mode == "both":
+        p.error("--serve times one mode: --mode train or --mode infer")
     args.input_shape = tuple(int(v) for v in args.input_shape.split(","))
     return args
 
@@ -44,6 +50,20 @@ def time_steps(run_step, args) -> dict:
         rates.append(args.steps * args.batch_size / (time.perf_counter() - t))
     return dict(images_per_s=statistics.median(rates), images_per_s_min=min(rates),
                 images_per_s_max=max(rates), warmup_s=warmup_s, repeats=args.repeats, steps=args.steps)
+
+
+def serve(framework: str, version: str, run_step, args) -> None:
+    """Warm up, print {"framework", "version", "warmup_s"}, then for each line N on stdin run N steps
+    and print {"seconds": ...}; end at end of input. The caller alternates the frameworks' blocks."""
+    t0 = time.perf_counter()
+    for _ in range(max(args.warmup, 1)):
+        run_step()
+    print(json.dumps(dict(framework=framework, version=version, warmup_s=time.perf_counter() - t0)), flush=True)
+    for line in sys.stdin:
+        t = time.perf_counter()
+        for _ in range(int(line)):
+            run_step()
+        print(json.dumps(dict(seconds=time.perf_counter() - t)), flush=True)
 
 
 def emit(framework: str, version: str, args, mode: str, timing: dict) -> None:

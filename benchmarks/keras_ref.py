@@ -20,7 +20,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import emit, modes, parse_args, time_steps  # noqa: E402
+from _common import emit, modes, parse_args, serve, time_steps  # noqa: E402
 
 
 def build(arch: str, shape: tuple[int, int, int], num_classes: int) -> keras.Sequential:
@@ -45,8 +45,11 @@ def main() -> None:
     x = rng.standard_normal((args.batch_size, *args.input_shape), dtype=np.float32)
     y = rng.integers(0, args.num_classes, args.batch_size).astype(np.int32)
     steps = {"train": lambda: model.train_on_batch(x, y), "infer": lambda: model.predict_on_batch(x)}
+    version = f"keras {keras.__version__}"
+    if args.serve:
+        return serve("keras", version, steps[args.mode], args)
     for mode in modes(args):
-        emit("keras", f"keras {keras.__version__}", args, mode, time_steps(steps[mode], args))
+        emit("keras", version, args, mode, time_steps(steps[mode], args))
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import emit, modes, parse_args, time_steps  # noqa: E402
+from _common import emit, modes, parse_args, serve, time_steps  # noqa: E402
 
 
 class SamePool(nn.Module):
@@ -57,6 +57,9 @@ def main() -> None:
     def infer_step():
         return model(x).argmax(-1).sum().item()
 
+    if args.serve:
+        model.train(args.mode == "train")
+        return serve("torch", torch.__version__, train_step if args.mode == "train" else infer_step, args)
     for mode in modes(args):
         model.train(mode == "train")
         emit("torch", torch.__version__, args, mode, time_steps(train_step if mode == "train" else infer_step, args))

@@ -4,14 +4,17 @@ What is timed is what `cnn train` runs: the model from the registry and the engi
 `make_train_step` / `make_eval_step` (uint8 batches in, normalisation inside the step). Compilation
 (the first call) and warm-up are timed apart; then `repeats` groups of `steps` steps each give
 images/s, reported as median, min and max. Steps inside a group are dispatched asynchronously,
-as in training, and the group ends when the last result exists.
+as in training, and the group ends when the last result exists. With peers, the frameworks' groups
+alternate (`interleave`): a shared VM's speed drifts by 10-20% over minutes, which timed one
+framework after the other moved the ratios between runs by as much (net2 against Keras 1.10-1.34x).
 
 Also measured in the same run, so the numbers share the machine's state at that moment:
 - the matmul peak: a large fp32 `jnp.dot` (GFLOP/s), the yardstick for the achieved GFLOP/s;
 - the input pipeline's share: real batches from the data set (the engine's prefetching loader)
   against synthetic batches already on the device;
 - the start-up time of `cnn --help`;
-- peers: the same network in PyTorch and Keras (benchmarks/*_ref.py), each in a subprocess.
+- peers: the same network in PyTorch and Keras (benchmarks/*_ref.py), each in a subprocess that
+  stays up (`Peer`) and times one group per request.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -84,26 +88,44 @@ def startup_seconds(repeats: int = 3) -> float:
     return statistics.median(times)
 
 
-def timed(run_step, sync, batch_size: int, repeats: int, steps: int, warmup: int) -> dict:
-    """compile_s (first call), warmup_s, and images/s median/min/max over `repeats` groups of `steps`."""
-    t = time.perf_counter()
-    sync(run_step())
-    compile_s = time.perf_counter() - t
-    t = time.perf_counter()
-    for _ in range(warmup):
-        out = run_step()
-    if warmup:
-        sync(out)
-    warmup_s = time.perf_counter() - t
-    rates = []
-    for _ in range(repeats):
+class Timer:
+    """One framework's step, compiled and warmed up: `block(steps)` times `steps` steps (seconds)."""
+
+    def __init__(self, run_step, sync, warmup: int):
+        t = time.perf_counter()
+        sync(run_step())
+        self.compile_s = time.perf_counter() - t
+        t = time.perf_counter()
+        for _ in range(warmup):
+            out = run_step()
+        if warmup:
+            sync(out)
+        self.warmup_s = time.perf_counter() - t
+        self.run_step, self.sync = run_step, sync
+
+    def block(self, steps: int) -> float:
         t = time.perf_counter()
         for _ in range(steps):
-            out = run_step()
-        sync(out)
-        rates.append(steps * batch_size / (time.perf_counter() - t))
-    return dict(images_per_s=statistics.median(rates), images_per_s_min=min(rates), images_per_s_max=max(rates),
-                compile_s=compile_s, warmup_s=warmup_s, repeats=repeats, steps=steps)
+            out = self.run_step()
+        self.sync(out)
+        return time.perf_counter() - t
+
+
+def interleave(blocks: dict, repeats: int, steps: int) -> dict[str, list[float]]:
+    """name -> seconds of each of its `repeats` groups; round r runs the groups in an order rotated by
+    r, so a slower minute of the machine falls on every framework alike."""
+    names, seconds = list(blocks), {name: [] for name in blocks}
+    for r in range(repeats):
+        for name in names[r % len(names):] + names[: r % len(names)]:
+            seconds[name].append(blocks[name](steps))
+    return seconds
+
+
+def rates(seconds: list[float], batch_size: int, steps: int) -> dict:
+    """images/s median/min/max of timed groups."""
+    per_group = [steps * batch_size / s for s in seconds]
+    return dict(images_per_s=statistics.median(per_group), images_per_s_min=min(per_group),
+                images_per_s_max=max(per_group), repeats=len(seconds), steps=steps)
 
 
 class _Setup:
@@ -138,8 +160,8 @@ class _Setup:
         return make_train_step(self.gtrain, self.tx, binary=False, mean=self.mean, std=self.std, gather=gather)
 
 
-def bench_train(setup: _Setup, batch_size: int, repeats: int, steps: int, warmup: int = 2) -> dict:
-    """Steady-state images/s of the engine's train step on a synthetic batch already on the device."""
+def train_timer(setup: _Setup, batch_size: int, warmup: int = 2) -> Timer:
+    """The engine's train step on a synthetic batch already on the device; `setup.state` follows it."""
     import jax
     import numpy as np
 
@@ -147,20 +169,18 @@ def bench_train(setup: _Setup, batch_size: int, repeats: int, steps: int, warmup
 
     step = setup.train_step()
     x, y, idx = setup.batch(batch_size)
-    carry = {"state": setup.state, "metrics": zero_metrics(), "i": 0}
+    carry = {"metrics": zero_metrics(), "i": 0}
 
-    def run():
-        carry["state"], carry["metrics"] = step(carry["state"], carry["metrics"], x, y, idx, np.int32(carry["i"]))
+    def run():  # the old state's buffers are donated, so setup.state always holds the new one
+        setup.state, carry["metrics"] = step(setup.state, carry["metrics"], x, y, idx, np.int32(carry["i"]))
         carry["i"] += 1
         return carry["metrics"]
 
-    out = timed(run, jax.block_until_ready, batch_size, repeats, steps, warmup)
-    setup.state = carry["state"]  # the old buffers were donated
-    return out
+    return Timer(run, jax.block_until_ready, warmup)
 
 
-def bench_infer(setup: _Setup, batch_size: int, repeats: int, steps: int, warmup: int = 2) -> dict:
-    """Steady-state images/s of the engine's eval step (logits, loss, accuracy) on a synthetic batch."""
+def infer_timer(setup: _Setup, batch_size: int, warmup: int = 2) -> Timer:
+    """The engine's eval step (logits, loss, accuracy) on a synthetic batch."""
     import jax
     import jax.numpy as jnp
 
@@ -169,8 +189,7 @@ def bench_infer(setup: _Setup, batch_size: int, repeats: int, steps: int, warmup
     step = make_eval_step(setup.geval, binary=False, mean=setup.mean, std=setup.std)
     x, y, _ = setup.batch(batch_size)
     w = jnp.ones((batch_size,), jnp.float32)
-    return timed(lambda: step(setup.state.params, setup.state.rest, x, y, w), jax.block_until_ready,
-                  batch_size, repeats, steps, warmup)
+    return Timer(lambda: step(setup.state.params, setup.state.rest, x, y, w), jax.block_until_ready, warmup)
 
 
 def pipeline_share(setup: _Setup, dataset, batch_size: int, steps: int, synthetic_rate: float) -> dict:
@@ -204,25 +223,53 @@ def pipeline_share(setup: _Setup, dataset, batch_size: int, steps: int, syntheti
     return dict(real_images_per_s=real, pipeline_share=max(0.0, 1.0 - real / synthetic_rate))
 
 
-def run_peer(framework: str, arch: str, input_shape, batch_size: int, mode: str, repeats: int,
-             steps: int) -> tuple[list[dict], str | None]:
-    """(rows, note): the peer's JSON rows from its reference script, or no rows and why not."""
-    if framework not in PEERS:
-        return [], f"unknown peer {framework!r} (choose from {', '.join(PEERS)})"
-    if arch not in PEER_ARCHS:
-        return [], f"{framework}: no reference implementation of {arch} (only {', '.join(PEER_ARCHS)}); skipped"
-    if importlib.util.find_spec(PEERS[framework]) is None:
-        return [], f"{framework}: not installed (pip install -e '.[bench]'); skipped"
-    cmd = [sys.executable, str(BENCH_DIR / f"{framework}_ref.py"), "--arch", arch,
-           "--input-shape", ",".join(map(str, input_shape)), "--batch-size", str(batch_size), "--mode", mode,
-           "--repeats", str(repeats), "--steps", str(steps)]
-    env = {**os.environ, "XLA_FLAGS": user_xla_flags()}
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
-    rows = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
-    if proc.returncode or not rows:
-        last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-        return [], f"{framework}: failed ({last[:200]})"
-    return rows, None
+class PeerError(Exception):
+    """A peer could not run (not installed, no reference of the architecture, or it failed): why, in one line."""
+
+
+class Peer:
+    """A peer's reference script in `--serve` mode: started and warmed up once, then `block(steps)`
+    times one group of steps in it (seconds, measured by the peer around its own steps)."""
+
+    def __init__(self, framework: str, arch: str, input_shape, batch_size: int, mode: str, warmup: int):
+        if framework not in PEERS:
+            raise PeerError(f"unknown peer {framework!r} (choose from {', '.join(PEERS)})")
+        if arch not in PEER_ARCHS:
+            raise PeerError(f"{framework}: no reference implementation of {arch} (only {', '.join(PEER_ARCHS)}); skipped")
+        if importlib.util.find_spec(PEERS[framework]) is None:
+            raise PeerError(f"{framework}: not installed (pip install -e '.[bench]'); skipped")
+        cmd = [sys.executable, str(BENCH_DIR / f"{framework}_ref.py"), "--arch", arch,
+               "--input-shape", ",".join(map(str, input_shape)), "--batch-size", str(batch_size), "--mode", mode,
+               "--warmup", str(warmup), "--serve"]
+        env = {**os.environ, "XLA_FLAGS": user_xla_flags()}
+        self.framework = framework
+        self.stderr = tempfile.TemporaryFile("w+")  # a file, not a pipe: TensorFlow's logging cannot fill it and stall
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.stderr,
+                                     text=True, env=env)
+        self.info = self._reply()  # framework, version, warmup_s
+
+    def _reply(self) -> dict:
+        line = self.proc.stdout.readline()
+        if not line.startswith("{"):
+            self.close()
+            self.stderr.seek(0)
+            last = (self.stderr.read().strip().splitlines() or ["no output"])[-1]
+            raise PeerError(f"{self.framework}: failed ({last[:200]})")
+        return json.loads(line)
+
+    def block(self, steps: int) -> float:
+        self.proc.stdin.write(f"{steps}\n")
+        self.proc.stdin.flush()
+        return self._reply()["seconds"]
+
+    def close(self) -> None:
+        if self.proc.stdin and not self.proc.stdin.closed:
+            self.proc.stdin.close()  # the peer ends at end of input
+        try:
+            self.proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
 
 
 def add_rates(row: dict, flops_per_image: int, peak_gflops: float) -> dict:

@@ -513,11 +513,31 @@ def bench(
     peak, cpu = B.matmul_peak_gflops(), B.cpu_info()
     flops = flops_per_image(arch, shape, k)
     setup = B._Setup(arch, shape, k)
-    rows, notes = [], []
+    rows, notes, skipped = [], [], set()
     for mode in wanted:
-        timing = (B.bench_train if mode == "train" else B.bench_infer)(setup, sizes[mode], repeats, steps, warmup)
-        rows.append(B.add_rates(dict(framework="cnn", arch=arch, input_shape=list(shape), batch_size=sizes[mode],
-                                     mode=mode, **timing, matmul_peak_gflops=peak), flops, peak))
+        peer_procs = []
+        for peer in (p for p in peers if p not in skipped):
+            try:
+                peer_procs.append(B.Peer(peer, arch, shape, sizes[mode], mode, warmup))
+            except B.PeerError as e:
+                notes.append(str(e))
+                skipped.add(peer)
+        try:
+            timer = (B.train_timer if mode == "train" else B.infer_timer)(setup, sizes[mode], warmup)
+            seconds = B.interleave({"cnn": timer.block, **{p.framework: p.block for p in peer_procs}}, repeats, steps)
+        finally:
+            for p in peer_procs:
+                p.close()
+        cnn = B.add_rates(dict(framework="cnn", arch=arch, input_shape=list(shape), batch_size=sizes[mode], mode=mode,
+                               **B.rates(seconds["cnn"], sizes[mode], steps), compile_s=timer.compile_s,
+                               warmup_s=timer.warmup_s, matmul_peak_gflops=peak), flops, peak)
+        rows.append(cnn)
+        for p in peer_procs:
+            rows.append(B.add_rates(dict(**p.info, arch=arch, input_shape=list(shape), batch_size=sizes[mode], mode=mode,
+                                         **B.rates(seconds[p.framework], sizes[mode], steps)), flops, peak))
+            rows[-1]["cnn_speedup"] = cnn["images_per_s"] / rows[-1]["images_per_s"]
+    order = ["cnn", *peers]
+    rows.sort(key=lambda r: order.index(r["framework"]))  # by framework; stable, so modes keep their order
     if pipeline and not input_shape and "train" in wanted:
         from .data import load_dataset
 
@@ -525,18 +545,8 @@ def bench(
         rows[0].update(B.pipeline_share(setup, ds, batch_size, steps, rows[0]["images_per_s"]))
     startup = B.startup_seconds()
     for r in rows:
-        r["startup_s"] = startup
-    cnn_rate = {r["mode"]: r["images_per_s"] for r in rows}
-    for peer in peers:
-        for mode in wanted:
-            got, note = B.run_peer(peer, arch, shape, sizes[mode], mode, repeats, steps)
-            if note:
-                notes.append(note)
-                break
-            for r in got:
-                r = B.add_rates(r, flops, peak)
-                r["cnn_speedup"] = cnn_rate[mode] / r["images_per_s"]
-                rows.append(r)
+        if r["framework"] == "cnn":
+            r["startup_s"] = startup
 
     for r in rows:  # peers ran on the same host, in the same run
         r["cpu"] = cpu

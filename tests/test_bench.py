@@ -47,8 +47,8 @@ def test_bench_rejects_unknown_peer_in_one_line():
 
 
 def test_peer_notes_say_why_a_peer_is_skipped():
-    assert bench.run_peer("torch", "resnet20", (32, 32, 3), 8, "train", 1, 1) == (
-        [], "torch: no reference implementation of resnet20 (only net1, net2); skipped")
+    with pytest.raises(bench.PeerError, match=r"^torch: no reference implementation of resnet20 \(only net1, net2\); skipped$"):
+        bench.Peer("torch", "resnet20", (32, 32, 3), 8, "train", 0)
 
 
 def test_achieved_gflops_and_share_of_peak():
@@ -98,21 +98,73 @@ def test_xla_tuning_leaves_other_jaxlibs_alone(monkeypatch):
     assert runtime.tune_xla() is False and os.environ["XLA_FLAGS"] == "--xla_cpu_enable_fast_math=false"
 
 
-def test_peers_get_the_users_xla_flags(monkeypatch):
+FAKE_REF = """
+import os, sys, time
+sys.path.insert(0, {bench_dir!r})
+from _common import parse_args, serve
+args = parse_args("fake")
+if os.environ.get("FAKE_FAIL"):
+    raise SystemExit("fake: cannot build " + args.arch)
+# The version field carries what the test checks: the XLA flags the peer got.
+serve("fake", os.environ.get("XLA_FLAGS", ""), lambda: time.sleep(0.002), args)
+"""
+
+
+@pytest.fixture
+def fake_peer(monkeypatch, tmp_path):
+    """A peer reference script (benchmarks/_common.py's --serve loop, each step a 2 ms sleep)."""
+    (tmp_path / "fake_ref.py").write_text(FAKE_REF.format(bench_dir=str(bench.BENCH_DIR)))
+    monkeypatch.setattr(bench, "BENCH_DIR", tmp_path)
+    monkeypatch.setitem(bench.PEERS, "fake", "json")  # any importable module stands for the framework
+
+
+def test_peer_serves_timed_blocks_with_the_users_xla_flags(fake_peer, monkeypatch):
     # TensorFlow aborts on XLA flags it does not know, so the peer runs with the user's own.
-    seen = {}
-
-    def fake_run(cmd, env, **kw):
-        seen.update(env=env)
-        return subprocess.CompletedProcess(cmd, 0, stdout='{"framework": "keras", "images_per_s": 1.0}\n', stderr="")
-
     monkeypatch.setattr(runtime, "_user_xla_flags", "--mine")
     monkeypatch.setenv("XLA_FLAGS", f"--mine {runtime.YNN_FLAG}")
-    monkeypatch.setattr(bench.importlib.util, "find_spec", lambda name: object())
-    monkeypatch.setattr(bench.subprocess, "run", fake_run)
-    rows, note = bench.run_peer("keras", "net1", (28, 28, 1), 8, "train", 1, 1)
-    assert note is None and rows == [{"framework": "keras", "images_per_s": 1.0}]
-    assert seen["env"]["XLA_FLAGS"] == "--mine"
+    peer = bench.Peer("fake", "net2", (8, 8, 1), 4, "train", 1)
+    try:
+        assert peer.info["framework"] == "fake" and peer.info["version"] == "--mine" and peer.info["warmup_s"] > 0
+        assert 0.02 <= peer.block(10) < 5  # ten 2 ms steps, timed inside the peer
+    finally:
+        peer.close()
+    assert peer.proc.returncode == 0  # it ended at the end of its input
+
+
+def test_peer_failure_is_one_line_from_its_stderr(fake_peer, monkeypatch):
+    monkeypatch.setenv("FAKE_FAIL", "1")
+    with pytest.raises(bench.PeerError, match=r"^fake: failed \(fake: cannot build net1\)$"):
+        bench.Peer("fake", "net1", (8, 8, 1), 4, "train", 0)
+
+
+def test_bench_rows_and_speedups_with_a_peer(fake_peer):
+    """In-process (the fake peer is registered here only): cnn's rows first, then the peer's, each peer
+    row with cnn's speed-up over it, from groups timed alternately."""
+    from typer.testing import CliRunner
+
+    from cnncli.cli import app
+
+    r = CliRunner().invoke(app, ["bench", "--arch", "net2", "--dataset", "digits", "--vs", "fake", "--repeats", "2",
+                                 "--steps", "2", "--warmup", "0", "--no-pipeline", "--json"])
+    assert r.exit_code == 0, r.output
+    rows = [json.loads(line) for line in r.stdout.splitlines() if line.startswith("{")]
+    assert [(x["framework"], x["mode"]) for x in rows] == [("cnn", "train"), ("cnn", "infer"), ("fake", "train"),
+                                                           ("fake", "infer")]
+    for cnn, peer in zip(rows[:2], rows[2:]):
+        assert peer["repeats"] == cnn["repeats"] == 2 and peer["steps"] == 2 and peer["input_shape"] == [8, 8, 1]
+        assert peer["images_per_s"] < peer["batch_size"] * 2 / 0.004  # a group: two steps of a 2 ms sleep each
+        assert peer["cnn_speedup"] == pytest.approx(cnn["images_per_s"] / peer["images_per_s"])
+        assert "startup_s" in cnn and "startup_s" not in peer and peer["cpu"] == cnn["cpu"]
+
+
+def test_interleave_rotates_the_frameworks_each_round():
+    calls = []
+    blocks = {name: (lambda steps, name=name: calls.append((name, steps)) or len(calls)) for name in "abc"}
+    seconds = bench.interleave(blocks, repeats=4, steps=7)
+    assert [n for n, _ in calls] == list("abc" "bca" "cab" "abc") and {s for _, s in calls} == {7}
+    assert seconds == {"a": [1, 6, 8, 10], "b": [2, 4, 9, 11], "c": [3, 5, 7, 12]}
+    assert bench.rates([0.5, 1.0, 0.25], batch_size=8, steps=4) == dict(
+        images_per_s=64.0, images_per_s_min=32.0, images_per_s_max=128.0, repeats=3, steps=4)
 
 
 def _load_ref(name):
