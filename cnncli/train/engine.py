@@ -306,7 +306,7 @@ def _epochs_within_budget(cfg: TrainConfig, train_step, state, feeder, bs: int, 
     """Time the step as `cnn bench` does, on a throwaway copy of the state; return the epochs (at most
     cfg.epochs) that fit in cfg.time_budget minutes, the seconds this took, and a line saying so. The real
     run compiles its step again (its schedule spans the chosen epochs), so the budget pays for that too."""
-    from ..bench import timed
+    from ..bench import Timer, rates
 
     if steps_per_epoch < 3 + 2 * BUDGET_GROUPS:  # a few images: nothing worth budgeting
         return cfg.epochs, 0.0, f"time budget {cfg.time_budget:g} min: epochs too short to time, running {cfg.epochs}"
@@ -322,12 +322,13 @@ def _epochs_within_budget(cfg: TrainConfig, train_step, state, feeder, bs: int, 
     t0 = time.perf_counter()
     try:
         # The median group: a hiccup of the machine during these few steps does not set the whole run.
-        r = timed(run, jax.block_until_ready, bs, repeats=BUDGET_GROUPS, steps=2, warmup=2)
+        timer = Timer(run, jax.block_until_ready, warmup=2)
+        r = rates([timer.block(2) for _ in range(BUDGET_GROUPS)], bs, steps=2)
     finally:
         batches.close()
     spent = time.perf_counter() - t0
     per_epoch = steps_per_epoch * bs / r["images_per_s"]
-    compile_s = r["compile_s"] + r["warmup_s"]  # what the real run's first steps cost again
+    compile_s = timer.compile_s + timer.warmup_s  # what the real run's first steps cost again
     fit_epochs = int((BUDGET_SHARE * cfg.time_budget * 60 - spent - compile_s) // per_epoch)
     if fit_epochs < 1:
         raise CnnError(f"--time-budget {cfg.time_budget:g} min does not fit one epoch here (~{per_epoch / 60:.1f} "
