@@ -29,6 +29,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from .errors import CnnError
 from .runtime import user_xla_flags
 
 BENCH_DIR = Path(__file__).resolve().parent.parent / "benchmarks"
@@ -223,8 +224,9 @@ def pipeline_share(setup: _Setup, dataset, batch_size: int, steps: int, syntheti
     return dict(real_images_per_s=real, pipeline_share=max(0.0, 1.0 - real / synthetic_rate))
 
 
-class PeerError(Exception):
-    """A peer could not run (not installed, no reference of the architecture, or it failed): why, in one line."""
+class PeerError(CnnError):
+    """A peer could not run (not installed, no reference of the architecture, or it failed): why, in one
+    line. At start-up `cnn bench` notes it and goes on without that peer; mid-run it ends the command."""
 
 
 class Peer:

@@ -10,6 +10,7 @@ import pytest
 from jaxlib.version import __version__ as jaxlib_version
 
 from cnncli import bench, runtime
+from cnncli.errors import CnnError
 from cnncli.models import count_params, create_model
 
 
@@ -105,8 +106,18 @@ from _common import parse_args, serve
 args = parse_args("fake")
 if os.environ.get("FAKE_FAIL"):
     raise SystemExit("fake: cannot build " + args.arch)
+calls = [0]
+
+
+def step():
+    calls[0] += 1
+    if calls[0] == int(os.environ.get("FAKE_CRASH_AT", 0)):
+        raise RuntimeError("step %d crashed" % calls[0])
+    time.sleep(0.002)
+
+
 # The version field carries what the test checks: the XLA flags the peer got.
-serve("fake", os.environ.get("XLA_FLAGS", ""), lambda: time.sleep(0.002), args)
+serve("fake", os.environ.get("XLA_FLAGS", ""), step, args)
 """
 
 
@@ -155,6 +166,13 @@ def test_bench_rows_and_speedups_with_a_peer(fake_peer):
         assert peer["images_per_s"] < peer["batch_size"] * 2 / 0.004  # a group: two steps of a 2 ms sleep each
         assert peer["cnn_speedup"] == pytest.approx(cnn["images_per_s"] / peer["images_per_s"])
         assert "startup_s" in cnn and "startup_s" not in peer and peer["cpu"] == cnn["cpu"]
+
+
+def test_peer_crash_mid_run_is_a_one_line_error(fake_peer, monkeypatch):
+    monkeypatch.setenv("FAKE_CRASH_AT", "3")  # the warm-up step is the first; the first block's second step crashes
+    peer = bench.Peer("fake", "net2", (8, 8, 1), 4, "train", 0)
+    with pytest.raises(CnnError, match=r"^fake: failed \(RuntimeError: step 3 crashed\)$"):
+        peer.block(2)
 
 
 def test_interleave_rotates_the_frameworks_each_round():
