@@ -299,6 +299,11 @@ def _conv_kernel_grad(x, dy, kernel_shape, strides, pads, y=None, derivative=Non
     # channels the plain form's 27 columns do better (net2 32x32x3 1.5% slower grouped).
     g = PIXEL_GROUP if cin == 1 and strides == (1, 1) and wo % PIXEL_GROUP == 0 else 1
     window, steps = (kh, kw + g - 1), (strides[0], strides[1] * g)
+    # A strided layer's product is taken as dy^T @ patches, (Cout, kh*kw*Cin): a product summing over
+    # the rows of both operands ran at 91-105 GFLOP/s, with the small dy chunk transposed first 115.
+    # In the train step: net2 +5% (28x28x1), +2% (32x32x3), resnet20 1.00x. First layers (a few
+    # patch columns) keep the plain form: transposed there too, net2 trained 4% slower.
+    transposed = strides != (1, 1)
 
     def add_chunk(i, acc):
         xc, dyc = lax.dynamic_slice_in_dim(x, i * c, c), lax.dynamic_slice_in_dim(dy, i * c, c)
@@ -312,11 +317,6 @@ def _conv_kernel_grad(x, dy, kernel_shape, strides, pads, y=None, derivative=Non
             prod = lax.dot_general(patches, dyc, (((0,), (0,)), ((), ())), preferred_element_type=jnp.float32)
         return acc[0] + prod, acc[1] + dyc.sum(0, dtype=jnp.float32)
 
-    # A strided layer's product is taken as dy^T @ patches, (Cout, kh*kw*Cin): a product summing over
-    # the rows of both operands ran at 91-105 GFLOP/s, with the small dy chunk transposed first 115.
-    # In the train step: net2 +5% (28x28x1), +2% (32x32x3), resnet20 1.00x. First layers (a few
-    # patch columns) keep the plain form: transposed there too, net2 trained 4% slower.
-    transposed = strides != (1, 1)
     rows, cols = kh * (kw + g - 1) * cin, g * cout
     zero = (jnp.zeros((cols, rows) if transposed else (rows, cols), jnp.float32), jnp.zeros((cols,), jnp.float32))
     grad, bias_grad = add_chunk(0, zero) if c == n else lax.fori_loop(0, n // c, add_chunk, zero)
@@ -339,9 +339,9 @@ def _first_layer_fwd(x, kernel, bias, activation, strides, pads):
 
 def _first_layer_bwd(activation, strides, pads, res, g):
     x, kernel, y = res
-    derivative = ACTIVATIONS[activation][1] if activation else (lambda y_: 1)
+    derivative = ACTIVATIONS[activation][1] if activation else None  # None: linear, g passes through
     dw, db = _conv_kernel_grad(x, g, kernel.shape, strides, pads, y, derivative)
-    dx = _input_grad(g * derivative(y), kernel, x.shape, strides, pads)
+    dx = _input_grad(g if derivative is None else g * derivative(y), kernel, x.shape, strides, pads)
     return dx, dw.astype(kernel.dtype), db.astype(kernel.dtype)
 
 
