@@ -251,13 +251,13 @@ class Peer:
         self.info = self._reply()  # framework, version, warmup_s
 
     def _reply(self) -> dict:
-        line = self.proc.stdout.readline()
-        if not line.startswith("{"):
-            self.close()
-            self.stderr.seek(0)
-            last = (self.stderr.read().strip().splitlines() or ["no output"])[-1]
-            raise PeerError(f"{self.framework}: failed ({last[:200]})")
-        return json.loads(line)
+        for line in self.proc.stdout:  # the next JSON line; a framework's own prints are skipped
+            if line.startswith("{"):
+                return json.loads(line)
+        self.close()  # end of output: the peer died
+        self.stderr.seek(0)
+        last = (self.stderr.read().strip().splitlines() or ["no output"])[-1]
+        raise PeerError(f"{self.framework}: failed ({last[:200]})")
 
     def block(self, steps: int) -> float:
         self.proc.stdin.write(f"{steps}\n")

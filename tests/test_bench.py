@@ -116,6 +116,7 @@ def step():
     time.sleep(0.002)
 
 
+print("a framework's own line on stdout", flush=True)
 # The version field carries what the test checks: the XLA flags the peer got.
 serve("fake", os.environ.get("XLA_FLAGS", ""), step, args)
 """
@@ -173,6 +174,13 @@ def test_peer_crash_mid_run_is_a_one_line_error(fake_peer, monkeypatch):
     peer = bench.Peer("fake", "net2", (8, 8, 1), 4, "train", 0)
     with pytest.raises(CnnError, match=r"^fake: failed \(RuntimeError: step 3 crashed\)$"):
         peer.block(2)
+
+
+def test_serve_times_one_mode_only(fake_peer):
+    proc = subprocess.run([sys.executable, str(bench.BENCH_DIR / "fake_ref.py"), "--serve", "--mode", "both"],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1].endswith(
+        "error: --serve times one mode: --mode train or --mode infer")
 
 
 def test_interleave_rotates_the_frameworks_each_round():
