@@ -144,7 +144,7 @@ class _Setup:
         self.gtrain = gtrain
         self.tx = optax.adam(1e-3)  # net1/net2's optimizer, as in the peers
         self.state = TrainState(params, rest, self.tx.init(params), None)
-        self.input_shape, self.num_classes = tuple(input_shape), num_classes
+        self.arch, self.input_shape, self.num_classes = arch, tuple(input_shape), num_classes
 
     def batch(self, batch_size: int, seed: int = 0):
         import jax
@@ -272,6 +272,32 @@ class Peer:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
+
+
+def measure(setup: _Setup, mode: str, batch_size: int, peers: list[str], *, repeats: int, steps: int,
+            warmup: int, flops: int, peak: float) -> tuple[list[dict], dict[str, str]]:
+    """One mode's rows, cnn's then each peer's (with `cnn_speedup`), from groups timed alternately; and
+    {peer: why} for the peers that could not start (the others run without them)."""
+    procs, failed = [], {}
+    for peer in peers:
+        try:
+            procs.append(Peer(peer, setup.arch, setup.input_shape, batch_size, mode, warmup))
+        except PeerError as e:
+            failed[peer] = str(e)
+    try:
+        timer = (train_timer if mode == "train" else infer_timer)(setup, batch_size, warmup)
+        seconds = interleave({"cnn": timer.block, **{p.framework: p.block for p in procs}}, repeats, steps)
+    finally:
+        for p in procs:
+            p.close()
+    common = dict(arch=setup.arch, input_shape=list(setup.input_shape), batch_size=batch_size, mode=mode)
+    cnn = add_rates(dict(framework="cnn", **common, **rates(seconds["cnn"], batch_size, steps),
+                         compile_s=timer.compile_s, warmup_s=timer.warmup_s, matmul_peak_gflops=peak), flops, peak)
+    rows = [cnn]
+    for p in procs:
+        row = add_rates(dict(**p.info, **common, **rates(seconds[p.framework], batch_size, steps)), flops, peak)
+        rows.append(dict(row, cnn_speedup=cnn["images_per_s"] / row["images_per_s"]))
+    return rows, failed
 
 
 def add_rates(row: dict, flops_per_image: int, peak_gflops: float) -> dict:

@@ -515,27 +515,11 @@ def bench(
     setup = B._Setup(arch, shape, k)
     rows, notes, skipped = [], [], set()
     for mode in wanted:
-        peer_procs = []
-        for peer in (p for p in peers if p not in skipped):
-            try:
-                peer_procs.append(B.Peer(peer, arch, shape, sizes[mode], mode, warmup))
-            except B.PeerError as e:
-                notes.append(str(e))
-                skipped.add(peer)
-        try:
-            timer = (B.train_timer if mode == "train" else B.infer_timer)(setup, sizes[mode], warmup)
-            seconds = B.interleave({"cnn": timer.block, **{p.framework: p.block for p in peer_procs}}, repeats, steps)
-        finally:
-            for p in peer_procs:
-                p.close()
-        cnn = B.add_rates(dict(framework="cnn", arch=arch, input_shape=list(shape), batch_size=sizes[mode], mode=mode,
-                               **B.rates(seconds["cnn"], sizes[mode], steps), compile_s=timer.compile_s,
-                               warmup_s=timer.warmup_s, matmul_peak_gflops=peak), flops, peak)
-        rows.append(cnn)
-        for p in peer_procs:
-            rows.append(B.add_rates(dict(**p.info, arch=arch, input_shape=list(shape), batch_size=sizes[mode], mode=mode,
-                                         **B.rates(seconds[p.framework], sizes[mode], steps)), flops, peak))
-            rows[-1]["cnn_speedup"] = cnn["images_per_s"] / rows[-1]["images_per_s"]
+        got, failed = B.measure(setup, mode, sizes[mode], [p for p in peers if p not in skipped], repeats=repeats,
+                                steps=steps, warmup=warmup, flops=flops, peak=peak)
+        rows += got
+        notes += failed.values()
+        skipped |= failed.keys()
     order = ["cnn", *peers]
     rows.sort(key=lambda r: order.index(r["framework"]))  # by framework; stable, so modes keep their order
     if pipeline and not input_shape and "train" in wanted:

@@ -183,6 +183,20 @@ def test_serve_times_one_mode_only(fake_peer):
         "error: --serve times one mode: --mode train or --mode infer")
 
 
+def test_bench_notes_a_peer_that_cannot_start_once_and_goes_on(fake_peer, monkeypatch):
+    from typer.testing import CliRunner
+
+    from cnncli.cli import app
+
+    monkeypatch.setenv("FAKE_FAIL", "1")
+    r = CliRunner().invoke(app, ["bench", "--arch", "net2", "--dataset", "digits", "--vs", "fake", "--repeats", "1",
+                                 "--steps", "1", "--warmup", "0", "--no-pipeline", "--json"])
+    assert r.exit_code == 0, r.output
+    rows = [json.loads(line) for line in r.stdout.splitlines() if line.startswith("{")]
+    assert [(x["framework"], x["mode"]) for x in rows] == [("cnn", "train"), ("cnn", "infer")]
+    assert r.output.count("fake: failed (fake: cannot build net2)") == 1  # not tried again for infer
+
+
 def test_interleave_rotates_the_frameworks_each_round():
     calls = []
     blocks = {name: (lambda steps, name=name: calls.append((name, steps)) or len(calls)) for name in "abc"}
