@@ -47,15 +47,29 @@ def test_counts_of_a_real_model_equal_the_abstract_ones():
 
 def test_seed_nets_start_from_keras_initialisers():
     model = create_model("net2", (8, 8, 1), 10, seed=0)
-    dense = model.layers[3].linear  # 4x4x64 = 1024 -> 128
-    w = np.asarray(dense.kernel[...])
+    dense = model.layers[3]  # 4x4x64 = 1024 -> 128
+    w = np.asarray(dense.weight[...])
     limit = math.sqrt(6 / (1024 + 128))  # glorot uniform
     assert np.abs(w).max() <= limit and abs(w.std() - limit / math.sqrt(3)) < 0.02 * limit
     assert not np.asarray(dense.bias[...]).any()
-    again = create_model("net2", (8, 8, 1), 10, seed=0).layers[3].linear.kernel[...]
-    other = create_model("net2", (8, 8, 1), 10, seed=1).layers[3].linear.kernel[...]
+    again = create_model("net2", (8, 8, 1), 10, seed=0).layers[3].weight[...]
+    other = create_model("net2", (8, 8, 1), 10, seed=1).layers[3].weight[...]
     assert np.array_equal(w, again) and not np.array_equal(w, other)
 
+
+
+def test_dense_stores_the_transposed_kernel_of_nnx_linear():
+    # (out, in) for its faster gradient (blocks.Dense); the same draws as nnx.Linear, key for key,
+    # so a seed gives the weights it gave before, in this layer and in the ones built after it.
+    from cnncli.models.blocks import KERAS_KERNEL_INIT, Dense
+
+    ours, theirs = nnx.Rngs(params=3), nnx.Rngs(params=3)
+    dense, linear = Dense(6, 4, rngs=ours), nnx.Linear(6, 4, kernel_init=KERAS_KERNEL_INIT, rngs=theirs)
+    assert dense.weight.shape == (4, 6)
+    np.testing.assert_array_equal(dense.weight[...], linear.kernel[...].T)
+    np.testing.assert_array_equal(jax.random.key_data(ours.params()), jax.random.key_data(theirs.params()))
+    x = np.arange(12, dtype=np.float32).reshape(2, 6)
+    np.testing.assert_allclose(dense(x), linear(x), rtol=1e-6)
 
 def test_batchnorm_settings():
     cats = abstract_model("catsdogs", (128, 128, 3), 2)

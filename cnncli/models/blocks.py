@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 
+import jax.numpy as jnp
 from flax import nnx
 
 from .layers import Conv, activate, avg_pool, conv2d_act, max_pool
@@ -67,19 +68,31 @@ class Conv2D(nnx.Module):
 
 
 class Dense(nnx.Module):
-    """Keras' Dense: an affine map followed by an optional activation."""
+    """Keras' Dense: an affine map followed by an optional activation.
+
+    The matrix is stored (out, in), as PyTorch's Linear stores it, not (in, out) as Keras' kernel:
+    its gradient is then dy^T x, which XLA:CPU computes at ~115 GFLOP/s, where x^T dy (the
+    gradient of an (in, out) kernel, batch contracted on the leading axis of the big operand) ran
+    at 84. net1's 50176->128 layer: backward 22 ms instead of 30 per step of 128; net1 trains
+    6.3% faster, net2 3.3% (in-process A/B, 2026-12-01). The forward and input gradient run at
+    the same speed in both layouts.
+    """
 
     kind = "dense"
 
     def __init__(self, din, dout, activation=None, *, rngs):
-        self.linear = nnx.Linear(din, dout, kernel_init=KERAS_KERNEL_INIT, rngs=rngs)
+        # Drawn as nnx.Linear draws its (in, out) kernel, and a key spent on the (zero) bias as it
+        # does: every layer of a seed starts from the same weights as with nnx.Linear.
+        self.weight = nnx.Param(KERAS_KERNEL_INIT(rngs.params(), (din, dout)).T)
+        rngs.params()
+        self.bias = nnx.Param(jnp.zeros((dout,)))
         self.activation = activation
 
     def __call__(self, x):
-        return activate(self.activation, self.linear(x))
+        return activate(self.activation, x @ self.weight[...].T + self.bias[...])
 
     def describe(self) -> str:
-        return f"Dense {self.linear.out_features}" + (f" {self.activation}" if self.activation else "")
+        return f"Dense {self.weight.shape[0]}" + (f" {self.activation}" if self.activation else "")
 
 
 class Pool(nnx.Module):
