@@ -32,7 +32,8 @@ def _data(shape, kshape, seed=0):
     return jax.random.normal(kx, shape), jax.random.normal(kk, kshape), jax.random.normal(kb, kshape[-1:])
 
 
-@pytest.mark.parametrize("cin", [1, 3, 8])  # 1, 3: sum of shifted slices; 8: lax conv (strided: own gradients)
+# cin 1, 2: sum of shifted slices; 3: im2col + matmul; 8: lax conv (strided: own gradients)
+@pytest.mark.parametrize("cin", [1, 2, 3, 8])
 @pytest.mark.parametrize("size,kernel,stride,padding", [
     (12, 3, 1, "SAME"), (9, 3, 2, "SAME"), (10, 3, 2, "SAME"), (9, 3, 1, "VALID"),
     (11, 5, 2, "VALID"), (8, 4, 2, "SAME"), (7, 1, 1, "SAME"), (9, 1, 2, "SAME"), (10, 3, 3, "SAME"),
@@ -98,11 +99,12 @@ def test_convolution_summed_over_batch_chunks(monkeypatch, images, stride, cin):
 
 
 @pytest.mark.parametrize("activation", [None, "relu", "sigmoid", "tanh"])
-@pytest.mark.parametrize("cin,stride,chunk_images", [(1, 1, 2), (3, 1, 6), (3, 2, 3), (8, 2, 6)])
+@pytest.mark.parametrize("cin,stride,chunk_images", [(1, 1, 2), (2, 1, 3), (3, 1, 6), (3, 2, 3), (8, 2, 6)])
 def test_conv2d_act_equals_conv_then_activation(monkeypatch, activation, cin, stride, chunk_images):
-    """A first layer's fused conv + bias + activation (cin 1, 3; its backward from the output alone),
-    and the unfused path (cin 8): values and gradients of x, kernel and bias as the plain ops give them.
-    Batches of 6 run as 3 forward chunks and `chunk_images` per kernel-gradient chunk."""
+    """A first layer's fused conv + bias + activation (cin 1-2 as slices, 3 as patches; its backward
+    from the output alone), and the unfused path (cin 8): values and gradients of x, kernel and bias
+    as the plain ops give them. Batches of 6 run in forward chunks of 3 images (slices) or
+    `chunk_images` (patches), and `chunk_images` per kernel-gradient chunk."""
     x, k, b = _data((6, 9, 9, cin), (3, 3, cin, 5), seed=3)
     out = -(-9 // stride)
     monkeypatch.setattr(layers, "CHUNK_BYTES", chunk_images * out * out * 9 * cin * 4)

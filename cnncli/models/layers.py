@@ -9,7 +9,8 @@ Why this file exists (measured on the 2-core CPU, net1, batch 128; see `cnn benc
   the stride-dilated gradient (mostly products with zeros) and the kernel gradient as one with an
   output-sized window, slower than the phase convolutions of `_strided_input_grad` and the matmul
   form of `_conv_kernel_grad`. First layers (few input channels) are a sum of shifted slices
-  (`_sum_of_slices`), with their bias and activation in the same pass (`conv2d_act`).
+  (`_sum_of_slices`) or, from 3 channels, im2col + matmul (`_few_channel_conv`), with their bias
+  and activation in the same pass (`conv2d_act`).
 - All of it is measured with `runtime.tune_xla`'s setting (XLA's multi-threaded convolutions
   instead of YNNPACK's); under YNNPACK's the plain stride-1 kernel gradient was no faster than
   im2col + matmul, and the strided forward slower.
@@ -86,6 +87,7 @@ CHUNK_BYTES = 2.5e6
 # made the train step 6-8% slower (in-process A/B, 3 runs), so small images keep matmul + col2im.
 PHASE_MIN_PIXELS = 24 * 24
 SMALL_CIN = 4  # up to this many input channels, the forward is a sum of shifted slices (see _conv_forward)
+PATCH_MIN_CIN = 3  # from this many of those, im2col + matmul instead (see _few_channel_conv)
 PIXEL_GROUP = 4  # output pixels per patch row in a single-channel layer's kernel gradient (_conv_kernel_grad)
 _reference = False
 
@@ -156,12 +158,38 @@ def _patches(x, kernel_hw, strides, pads, out_hw):
 
 
 def _conv_forward(x, kernel, strides, pads):
-    """`_conv`'s forward pass (values as `lax`'s, up to rounding): `_sum_of_slices` for few input
+    """`_conv`'s forward pass (values as `lax`'s, up to rounding): `_few_channel_conv` for few input
     channels, otherwise (strided) the plain `lax` convolution: 5.8 ms against 8.3 as im2col + matmul
     for net2's 32->64 layer, batch 128."""
     if kernel.shape[2] <= SMALL_CIN:
-        return _sum_of_slices(x, kernel, strides, pads)
+        return _few_channel_conv(x, kernel, strides, pads)
     return lax.conv_general_dilated(x, kernel, strides, pads, dimension_numbers=_NHWC)
+
+
+def _few_channel_conv(x, kernel, strides, pads, epilogue=None):
+    """A convolution with few input channels (an image's first layer), `epilogue` (bias, activation)
+    applied in the same pass: `_sum_of_slices` for 1-2 channels, im2col + matmul from 3.
+
+    With 3 channels the sum has 27 terms per output and XLA:CPU's fused loop runs it at ~32
+    GFLOP/s, as slow as its own convolution; the (pixels x 27) patches times the (27 x Cout)
+    kernel, in cache-sized chunks, do better: batch 128, 32x32x3 -> 32 7.0 -> 5.3 ms, -> 16 3.5 ->
+    2.9, -> 64 13.2 -> 7.0; 128x128x3 -> 32 (batch 64) 56 -> 46. With 1 or 2 channels the slices
+    win (28x28x1 -> 32: 1.2 against 3.1 ms; 28x28x2: 2.8 against 3.7).
+    """
+    if kernel.shape[2] < PATCH_MIN_CIN:
+        return _sum_of_slices(x, kernel, strides, pads, epilogue)
+    kh, kw, _, cout = kernel.shape
+    n = x.shape[0]
+    out_hw = _out_hw(x.shape, (kh, kw), strides, pads)
+    c = _patch_chunk(n, out_hw, kernel.shape, x.dtype.itemsize)
+    w = kernel.reshape(-1, cout)
+
+    def chunk(i):
+        y = (_patches(lax.dynamic_slice_in_dim(x, i * c, c), (kh, kw), strides, pads, out_hw) @ w)
+        y = y.reshape(c, *out_hw, cout)
+        return y if epilogue is None else epilogue(y)
+
+    return _map_chunks(chunk, n, c)
 
 
 def _sum_of_slices(x, kernel, strides, pads, epilogue=None):
@@ -329,7 +357,7 @@ _conv.defvjp(_conv_fwd, _conv_bwd)
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5))
 def _first_layer(x, kernel, bias, activation, strides, pads):
-    return _sum_of_slices(x, kernel, strides, pads, lambda z: activate(activation, z + bias))
+    return _few_channel_conv(x, kernel, strides, pads, lambda z: activate(activation, z + bias))
 
 
 def _first_layer_fwd(x, kernel, bias, activation, strides, pads):
