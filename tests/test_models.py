@@ -57,7 +57,6 @@ def test_seed_nets_start_from_keras_initialisers():
     assert np.array_equal(w, again) and not np.array_equal(w, other)
 
 
-
 def test_dense_stores_the_transposed_kernel_of_nnx_linear():
     # (out, in) for its faster gradient (blocks.Dense); the same draws as nnx.Linear, key for key,
     # so a seed gives the weights it gave before, in this layer and in the ones built after it.
@@ -70,6 +69,7 @@ def test_dense_stores_the_transposed_kernel_of_nnx_linear():
     np.testing.assert_array_equal(jax.random.key_data(ours.params()), jax.random.key_data(theirs.params()))
     x = np.arange(12, dtype=np.float32).reshape(2, 6)
     np.testing.assert_allclose(dense(x), linear(x), rtol=1e-6)
+
 
 def test_batchnorm_settings():
     cats = abstract_model("catsdogs", (128, 128, 3), 2)

@@ -168,7 +168,7 @@ def _conv_forward(x, kernel, strides, pads):
 
 def _few_channel_conv(x, kernel, strides, pads, epilogue=None):
     """A convolution with few input channels (an image's first layer), `epilogue` (bias, activation)
-    applied in the same pass: `_sum_of_slices` for 1-2 channels, im2col + matmul from 3.
+    applied chunk by chunk: `_sum_of_slices` for 1-2 channels, im2col + matmul from 3.
 
     With 3 channels the sum has 27 terms per output and XLA:CPU's fused loop runs it at ~32
     GFLOP/s, as slow as its own convolution; the (pixels x 27) patches times the (27 x Cout)
@@ -185,7 +185,7 @@ def _few_channel_conv(x, kernel, strides, pads, epilogue=None):
     w = kernel.reshape(-1, cout)
 
     def chunk(i):
-        y = (_patches(lax.dynamic_slice_in_dim(x, i * c, c), (kh, kw), strides, pads, out_hw) @ w)
+        y = _patches(lax.dynamic_slice_in_dim(x, i * c, c), (kh, kw), strides, pads, out_hw) @ w
         y = y.reshape(c, *out_hw, cout)
         return y if epilogue is None else epilogue(y)
 
