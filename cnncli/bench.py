@@ -254,24 +254,31 @@ class Peer:
         for line in self.proc.stdout:  # the next JSON line; a framework's own prints are skipped
             if line.startswith("{"):
                 return json.loads(line)
-        self.close()  # end of output: the peer died
-        self.stderr.seek(0)
+        self.stderr.seek(0)  # end of output: the peer died; its last line of stderr says why
         last = (self.stderr.read().strip().splitlines() or ["no output"])[-1]
+        self.close()
         raise PeerError(f"{self.framework}: failed ({last[:200]})")
 
     def block(self, steps: int) -> float:
-        self.proc.stdin.write(f"{steps}\n")
-        self.proc.stdin.flush()
+        try:
+            self.proc.stdin.write(f"{steps}\n")
+            self.proc.stdin.flush()
+        except BrokenPipeError:
+            pass  # it is gone: _reply finds its output ended and says why, from its stderr
         return self._reply()["seconds"]
 
     def close(self) -> None:
         if self.proc.stdin and not self.proc.stdin.closed:
-            self.proc.stdin.close()  # the peer ends at end of input
+            try:
+                self.proc.stdin.close()  # the peer ends at end of input
+            except BrokenPipeError:  # the close flushes a request it can no longer read
+                pass
         try:
             self.proc.wait(timeout=60)
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
+        self.stderr.close()
 
 
 def measure(setup: _Setup, mode: str, batch_size: int, peers: list[str], *, repeats: int, steps: int,
