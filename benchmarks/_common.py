@@ -36,18 +36,26 @@ def parse_args(framework: str) -> argparse.Namespace:
     return args
 
 
-def time_steps(run_step, args) -> dict:
-    """Time `run_step()` (which must block until its result exists): warm-up apart, then repeats."""
+def warm_up(run_step, args) -> float:
+    """Run the untimed steps (at least one: graph building, caches); their seconds."""
     t0 = time.perf_counter()
     for _ in range(max(args.warmup, 1)):
         run_step()
-    warmup_s = time.perf_counter() - t0
-    rates = []
-    for _ in range(args.repeats):
-        t = time.perf_counter()
-        for _ in range(args.steps):
-            run_step()
-        rates.append(args.steps * args.batch_size / (time.perf_counter() - t))
+    return time.perf_counter() - t0
+
+
+def block(run_step, steps: int) -> float:
+    """Seconds for `steps` calls of `run_step()` (which must block until its result exists)."""
+    t = time.perf_counter()
+    for _ in range(steps):
+        run_step()
+    return time.perf_counter() - t
+
+
+def time_steps(run_step, args) -> dict:
+    """Time `run_step()`: warm-up apart, then `repeats` groups of `steps`."""
+    warmup_s = warm_up(run_step, args)
+    rates = [args.steps * args.batch_size / block(run_step, args.steps) for _ in range(args.repeats)]
     return dict(images_per_s=statistics.median(rates), images_per_s_min=min(rates),
                 images_per_s_max=max(rates), warmup_s=warmup_s, repeats=args.repeats, steps=args.steps)
 
@@ -55,15 +63,10 @@ def time_steps(run_step, args) -> dict:
 def serve(framework: str, version: str, run_step, args) -> None:
     """Warm up, print {"framework", "version", "warmup_s"}, then for each line N on stdin run N steps
     and print {"seconds": ...}; end at end of input. The caller alternates the frameworks' blocks."""
-    t0 = time.perf_counter()
-    for _ in range(max(args.warmup, 1)):
-        run_step()
-    print(json.dumps(dict(framework=framework, version=version, warmup_s=time.perf_counter() - t0)), flush=True)
+    warmup_s = warm_up(run_step, args)
+    print(json.dumps(dict(framework=framework, version=version, warmup_s=warmup_s)), flush=True)
     for line in sys.stdin:
-        t = time.perf_counter()
-        for _ in range(int(line)):
-            run_step()
-        print(json.dumps(dict(seconds=time.perf_counter() - t)), flush=True)
+        print(json.dumps(dict(seconds=block(run_step, int(line)))), flush=True)
 
 
 def emit(framework: str, version: str, args, mode: str, timing: dict) -> None:

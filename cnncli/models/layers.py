@@ -86,7 +86,7 @@ CHUNK_BYTES = 2.5e6
 # Below, on resnet20's 16x16 32->64 layer, the four 8x8 phase convolutions were faster alone but
 # made the train step 6-8% slower (in-process A/B, 3 runs), so small images keep matmul + col2im.
 PHASE_MIN_PIXELS = 24 * 24
-SMALL_CIN = 4  # up to this many input channels, the forward is a sum of shifted slices (see _conv_forward)
+SMALL_CIN = 4  # up to this many input channels a layer is a first layer: `_few_channel_conv`'s forms
 PATCH_MIN_CIN = 3  # from this many of those, im2col + matmul instead (see _few_channel_conv)
 PIXEL_GROUP = 4  # output pixels per patch row in a single-channel layer's kernel gradient (_conv_kernel_grad)
 _reference = False
