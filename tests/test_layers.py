@@ -7,6 +7,7 @@ channels) sum the same products in another order, so fp32 rounding differs: rela
 per term, 1e-5 of the output's scale bounds it with room while still catching any wrong tap, stride
 or padding (those give O(1) errors). Max-pool's gradient adds the shares of overlapping windows in
 another order (rounding only, 1e-6), while a tie sent to the wrong pixel would be an O(1) error.
+The dense layer's gradients are autodiff's products, summed in another order: 1e-5 too.
 """
 
 import jax
@@ -177,6 +178,22 @@ def test_conv_hook_falls_back_to_lax_for_other_convolutions():
     want = lax.conv_general_dilated(x, k, (1, 1), "SAME", rhs_dilation=(2, 2), dimension_numbers=DN,
                                     feature_group_count=2)
     np.testing.assert_array_equal(grouped, want)
+
+
+# min_weights 0: every layer takes _dense's backward; 10**9: none does (autodiff's). A 3-D input
+# (leading axes folded into the batch) checks the kernel gradient's reshape.
+@pytest.mark.parametrize("min_weights", [0, 10**9])
+@pytest.mark.parametrize("x_shape", [(5, 7), (2, 3, 7)])
+def test_dense_values_and_gradients_equal_matmul(monkeypatch, min_weights, x_shape):
+    monkeypatch.setattr(layers, "DENSE_MIN_WEIGHTS", min_weights)
+    kx, kw, kg = jax.random.split(jax.random.key(4), 3)
+    x, wt = jax.random.normal(kx, x_shape), jax.random.normal(kw, (4, 7))  # (out, in)
+    g = jax.random.normal(kg, (*x_shape[:-1], 4))
+    _close(jax.jit(layers.dense)(x, wt), x @ wt.T)
+    fast = jax.jit(jax.grad(lambda *a: (layers.dense(*a) * g).sum(), (0, 1)))(x, wt)
+    plain = jax.grad(lambda *a: ((a[0] @ a[1].T) * g).sum(), (0, 1))(x, wt)
+    for got, want in zip(fast, plain):
+        _close(got, want)
 
 
 @pytest.mark.parametrize("window,stride,padding", [(2, 1, "SAME"), (2, 2, "VALID"), (3, 2, "SAME"), (2, 2, "SAME"),
