@@ -176,7 +176,6 @@ def test_peer_crash_mid_run_is_a_one_line_error(fake_peer, monkeypatch):
         peer.block(2)
 
 
-
 def test_peer_gone_between_groups_is_a_one_line_error(fake_peer):
     # Killed while idle (say by the OOM killer): the next request meets a closed pipe, not a traceback.
     peer = bench.Peer("fake", "net2", (8, 8, 1), 4, "train", 0)
@@ -184,6 +183,7 @@ def test_peer_gone_between_groups_is_a_one_line_error(fake_peer):
     peer.proc.wait()
     with pytest.raises(CnnError, match=r"^fake: failed \(no output\)$"):
         peer.block(2)
+
 
 def test_serve_times_one_mode_only(fake_peer):
     proc = subprocess.run([sys.executable, str(bench.BENCH_DIR / "fake_ref.py"), "--serve", "--mode", "both"],

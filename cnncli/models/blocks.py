@@ -24,6 +24,7 @@ KERAS_KERNEL_INIT = nnx.initializers.glorot_uniform()
 # For the ReLU residual nets: He et al. (2015), fan-in; uniform compiles faster than truncated normal.
 HE_INIT = nnx.initializers.he_uniform()
 
+
 class Frozen(nnx.Variable):
     """Model state set once (from data) and never trained: not an nnx.Param, so no optimizer sees it."""
 
