@@ -327,6 +327,10 @@ def predict(
     if not files:
         raise CnnError("no image files found in " + ", ".join(map(str, images)))
     run = load_run(model or latest_run())
+    if top_k > len(run.classes):  # what is shown must match what is said
+        print(f"note: the model has {len(run.classes)} classes; showing all {len(run.classes)}, not top {top_k}",
+              file=sys.stderr)
+        top_k = len(run.classes)
     results = predict_files(run, files, top_k=top_k, invert=invert)
     failed = [r for r in results if "error" in r]
     if json:
@@ -351,7 +355,8 @@ def predict(
 def explain(
     image: Path = typer.Argument(..., help="The image to explain."),
     model: Optional[Path] = typer.Option(None, "--model", help=MODEL_HELP),
-    out: Optional[str] = typer.Option(None, help="PNG to write (default <run_dir>/explain/<stem>_saliency.png)."),
+    out: Optional[str] = typer.Option(None, help="Figure to write, in the format its extension names (.png, .jpg, "
+                                      ".pdf, .svg, ...), or a folder (default <run_dir>/explain/<stem>_saliency.png)."),
     invert: str = typer.Option("auto", help=INVERT_HELP + " yes|no|auto"),
     json: bool = typer.Option(False, "--json", help=JSON_HELP),
 ):

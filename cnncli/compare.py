@@ -12,8 +12,6 @@ anyone can recompute it. Nothing here imports JAX: parsing and checking happen b
 
 from __future__ import annotations
 
-import csv
-import io
 import itertools
 import json
 import statistics
@@ -22,6 +20,7 @@ from pathlib import Path
 
 from .errors import CnnError
 from .fsutil import write_json, write_text
+from .tables import csv_text
 from .train import read_config, read_history, resolve
 
 # --vary key -> TrainConfig field. Values are comma separated; `augment` joins its ops with "+".
@@ -410,11 +409,7 @@ def write_outputs(comp_dir: Path, result: dict) -> None:
     from . import plots
 
     fields = ["dataset", "variant", "seed", *(k for k, _ in COLUMNS), "epochs", "run_dir", "error"]
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=fields, extrasaction="ignore")
-    w.writeheader()
-    w.writerows(result["runs"])
-    write_text(comp_dir / "comparison.csv", buf.getvalue())
+    write_text(comp_dir / "comparison.csv", csv_text(fields, result["runs"]))
     write_json(comp_dir / "comparison.json", result)
     plots.comparison(result["curves"], comp_dir / "comparison.png", _title(result))
 

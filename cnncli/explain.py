@@ -40,13 +40,20 @@ def saliency_map(run, x_uint8: np.ndarray) -> tuple[np.ndarray, int, float]:
 
 
 def output_path(image: Path, run_dir: Path, out: str | None) -> Path:
-    """Where the PNG goes: `--out` (a file, or a folder to put it in) or <run_dir>/explain/<stem>_saliency.png."""
+    """Where the figure goes: `--out` (a file whose extension names the format, or a folder to put a PNG in)
+    or <run_dir>/explain/<stem>_saliency.png."""
+    from .plots import figure_format
+
     name = f"{image.stem}_saliency.png"
     path = Path(out) if out else Path(run_dir) / "explain" / name
-    if path.is_dir():
+    if path.is_dir() or (out and out.endswith(("/", "\\"))):
         path = path / name
     if path.resolve() == image.resolve():
         raise CnnError(f"--out {path} is the input image; refusing to overwrite it")
+    try:
+        figure_format(path)  # refused before any work: --out x.gif would otherwise get PNG bytes
+    except CnnError as e:
+        raise CnnError(f"--out {e}") from None
     return path
 
 

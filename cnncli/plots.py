@@ -9,30 +9,68 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from .errors import CnnError  # noqa: E402
 from .fsutil import atomic_path  # noqa: E402
+
+# File extension -> the format matplotlib writes: a figure is always in the format its name says.
+FIGURE_FORMATS = {".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg", ".webp": "webp", ".tif": "tiff",
+                  ".tiff": "tiff", ".pdf": "pdf", ".svg": "svg"}
+
+
+def figure_format(path) -> str:
+    """The format `path`'s extension names; a CnnError (one line) for any other extension."""
+    suffix = Path(path).suffix.lower()
+    if suffix not in FIGURE_FORMATS:
+        raise CnnError(f"{path}: cannot write a figure as {suffix or 'a file without an extension'!r}; "
+                       f"name a {', '.join(FIGURE_FORMATS)} file")
+    return FIGURE_FORMATS[suffix]
 
 
 def save(fig, path) -> Path:
-    """Write `fig` as PNG to `path` atomically and close it."""
+    """Write `fig` to `path` atomically, in the format its extension names, and close it."""
     path = Path(path)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
-    plt.close(fig)
+    fmt = figure_format(path)
+    try:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format=fmt, dpi=110, bbox_inches="tight")
+    finally:
+        plt.close(fig)
     return path
 
 
-def curves(history: list[dict], path, title: str = "") -> Path:
-    """Accuracy and loss against epoch, train and validation: the figure every seed drew."""
-    fig, (ax_acc, ax_loss) = plt.subplots(1, 2, figsize=(10, 4))
+def curves(history: list[dict], path, title: str = "", best_epoch: int | None = None, schedule=None) -> Path:
+    """Accuracy and loss against epoch (train and validation) and the learning rate; the best epoch
+    (the checkpoint evaluate and predict use) is marked on each. `schedule` is (epoch positions, rates)
+    of the whole schedule; without it the rate recorded at each epoch's end is drawn."""
+    fig, (ax_acc, ax_loss, ax_lr) = plt.subplots(1, 3, figsize=(14, 4), layout="constrained")
     ep = [r["epoch"] for r in history]
+    best = next((r for r in history if r["epoch"] == best_epoch), None)
     for ax, key, label in ((ax_acc, "accuracy", "accuracy"), (ax_loss, "loss", "loss")):
-        ax.plot(ep, [r[f"train_{key}"] for r in history], "o-", label="train")
-        if any(r.get(f"val_{key}") is not None for r in history):
-            ax.plot(ep, [r.get(f"val_{key}") for r in history], "s--", label="validation")
+        ax.plot(ep, [r[f"train_{key}"] for r in history], "o-", ms=4, label="train")
+        has_val = any(r.get(f"val_{key}") is not None for r in history)
+        if has_val:
+            ax.plot(ep, [r.get(f"val_{key}") for r in history], "s--", ms=4, label="validation")
+        if best is not None:
+            ax.axvline(best["epoch"], color="grey", ls=":", lw=1.2, label=f"best epoch ({best['epoch']})")
+            v = best.get(f"val_{key}") if has_val else best[f"train_{key}"]
+            ax.plot([best["epoch"]], [v], "*", color="crimson", ms=14, zorder=5)
         ax.set_xlabel("epoch")
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
-        ax.legend()
+        ax.legend(fontsize=8)
+    if schedule is not None:
+        ax_lr.plot(schedule[0], schedule[1], "-", color="C2", label="schedule")
+    ax_lr.plot(ep, [r["lr"] for r in history], "o", ms=4, color="C2", label="at epoch end")
+    if best is not None:
+        ax_lr.axvline(best["epoch"], color="grey", ls=":", lw=1.2)
+    ax_lr.set(xlabel="epoch", ylabel="learning rate", title="learning rate")
+    ax_lr.ticklabel_format(axis="y", style="sci", scilimits=(-2, 3))
+    ax_lr.grid(alpha=0.3)
+    ax_lr.legend(fontsize=8)
+    for ax in (ax_acc, ax_loss, ax_lr):
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+    ax_acc.set_title("accuracy")
+    ax_loss.set_title("loss")
     if title:
         fig.suptitle(title)
     return save(fig, path)

@@ -21,10 +21,12 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from ..errors import CnnError
 from ..fsutil import write_json
+from ..tables import sig
 from . import checkpoint, rundir
 from .config import TrainConfig, augment_list, crop_pad
 from .optim import DEFAULT_LR, learning_rate, make_optimizer, norm_bias_mask
 from .feed import Feeder, mesh as make_mesh, put
+from .logs import EpochLog
 from .progress import Progress
 from .step import TrainState, make_eval_step, make_train_step, split, zero_metrics
 
@@ -190,13 +192,17 @@ def fit(cfg: TrainConfig, progress: Progress, resume: Path | None = None) -> dic
         meta = {"loop": loop.__dict__, "use_ema": bool(cfg.ema), "arch": cfg.arch}
         checkpoint.save(run_dir / "checkpoints" / f"{which}.msgpack", state, meta)
 
+    schedule = _schedule_curve(lr_at, cfg.epochs, steps_per_epoch)
+
     def plot():
-        plots.curves(loop.history, run_dir / "curves.png", f"{cfg.arch} on {Path(cfg.dataset).name}")
+        plots.curves(loop.history, run_dir / "curves.png", f"{cfg.arch} on {Path(cfg.dataset).name}",
+                     best_epoch=loop.best_epoch, schedule=schedule)
 
     last_plot = time.monotonic()
     stopped_early = False
     interrupted = _Interrupt()
-    with interrupted, progress.session(cfg.epochs, steps_per_epoch, start_epoch=loop.epoch):
+    with interrupted, progress.session(cfg.epochs, steps_per_epoch, start_epoch=loop.epoch), \
+            EpochLog(run_dir, loop.epoch + 1) as epoch_log:
         while loop.epoch < cfg.epochs:
             epoch = loop.epoch + 1
             t0 = time.monotonic()
@@ -238,7 +244,7 @@ def fit(cfg: TrainConfig, progress: Progress, resume: Path | None = None) -> dic
                 "epoch": epoch, "train_loss": round(float(train_loss), 6), "train_accuracy": round(float(train_acc), 6),
                 "val_loss": None if val_loss is None else round(val_loss, 6),
                 "val_accuracy": None if val_acc is None else round(val_acc, 6),
-                "lr": float(lr_at(loop.global_step - 1)), "seconds": round(seconds, 3),
+                "lr": sig(float(lr_at(loop.global_step - 1)), 7), "seconds": round(seconds, 3),
                 "elapsed_seconds": round(loop.train_seconds, 3),
                 "images_per_s": round((sums[2] - sums_before[2]) / seconds, 1),
             }
@@ -254,6 +260,7 @@ def fit(cfg: TrainConfig, progress: Progress, resume: Path | None = None) -> dic
             save("last")
             if improved:
                 save("best")
+            epoch_log.write(loop.history)  # after the checkpoint: a logged epoch is never trained again
             progress.end_epoch(row)
             if time.monotonic() - last_plot > 30:  # a plot costs ~0.5 s: refresh it twice a minute at most
                 plot()
@@ -293,6 +300,14 @@ def fit(cfg: TrainConfig, progress: Progress, resume: Path | None = None) -> dic
     }
     write_json(run_dir / "metrics.json", summary)
     return summary
+
+
+def _schedule_curve(lr_at, epochs: int, steps_per_epoch: int, points: int = 400):
+    """(epoch positions, learning rates) of the whole schedule, for curves.png; step s ends at (s+1)/steps."""
+    steps = np.unique(np.linspace(0, max(epochs * steps_per_epoch - 1, 0), points).round().astype(np.int64))
+    # Optax schedules are elementwise: one call for all the points (a constant rate is broadcast).
+    lrs = np.broadcast_to(np.asarray(lr_at(jax.numpy.asarray(steps)), np.float64), steps.shape)
+    return (steps + 1) / steps_per_epoch, lrs.tolist()
 
 
 # --time-budget times BUDGET_GROUPS groups of 2 steps after the compiling one and two warm-up ones (the
