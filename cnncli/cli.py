@@ -263,14 +263,19 @@ INVERT_HELP = "Digit models: turn dark-on-light into light-on-dark (auto: when t
 @app.command()
 def evaluate(
     run_dir: Optional[Path] = typer.Argument(None, help="Run directory (default: the newest under --out)."),
-    split: str = typer.Option("test", help="test, val or train (the splits training used)."),
+    split: Optional[str] = typer.Option(None, help="test, val, train or all. Default: all for a plain "
+                                        "<dir>/<class>/ folder given with --dataset, else test."),
     dataset: Optional[str] = typer.Option(None, help="Evaluate on another data set of the same image shape."),
     checkpoint: str = typer.Option("best", help="best or last."),
+    predictions: Optional[Path] = typer.Option(None, help="Write a CSV, one row per image: index, split, file, "
+                                               "true, predicted, probability, correct."),
+    mistakes: Optional[Path] = typer.Option(None, help="With --predictions: where the grid of the most confident "
+                                            "mistakes goes (default: beside the CSV, <stem>_mistakes.png)."),
     min_accuracy: Optional[float] = typer.Option(None, help="Exit with code 1 when accuracy is below this (CI gate)."),
     out: str = typer.Option("runs/train", help="Parent folder of run directories, to find the newest."),
     json: bool = typer.Option(False, "--json", help=JSON_HELP),
 ):
-    """Loss, accuracy, classification report and confusion matrix of a run on its test split.
+    """Loss, accuracy, classification report and confusion matrix of a run on a split of a data set.
 
     Writes confusion_matrix.png, errors.png and report.json into the run directory (with a suffix
     such as _val or _last for other splits, data sets or checkpoints).
@@ -281,14 +286,15 @@ def evaluate(
     from .train import latest_run
 
     o = Out(json=json)
-    ev = evaluate_run(run_dir or latest_run(out), split, dataset, checkpoint)
+    ev = evaluate_run(run_dir or latest_run(out), split, dataset, checkpoint, predictions=predictions,
+                      mistakes=mistakes)
     for note in ev.notes:
         o.print(f"note: {note}")
     if json:
         o.emit_json(ev.to_dict())
     else:
         epoch = "" if ev.epoch is None else f", epoch {ev.epoch}"
-        o.print(f"{ev.run_dir}: {ev.dataset} {ev.split} split, {ev.n:,} images, {ev.checkpoint} checkpoint{epoch}")
+        o.print(f"{ev.run_dir}: {ev.dataset}, {ev.scored}, {ev.checkpoint} checkpoint{epoch}")
         o.print(f"loss {ev.loss:.4f}  accuracy {ev.accuracy:.4f}")
         o.table("classification report", ["", "precision", "recall", "f1-score", "support"],
                 report_rows(ev.report, ev.classes))

@@ -17,8 +17,9 @@ import numpy as np
 from .errors import CnnError
 from .fsutil import write_json
 
-SPLITS = ("test", "val", "train")
+SPLITS = ("test", "val", "train", "all")
 ERRORS_SHOWN = 25  # worst misclassified images drawn in errors.png (a 5x5 grid)
+PREDICTION_FIELDS = ["index", "split", "file", "true", "predicted", "probability", "correct"]
 
 
 @dataclass
@@ -27,7 +28,9 @@ class Evaluation:
 
     run_dir: str
     dataset: str
-    split: str
+    split: str  # test, val, train or all
+    scored: str  # which images were scored, in words: "test split (carved: 20% ...)", "all 500 images"
+    sizes: dict  # images scored per split of the data set: {"train": 400, "test": 100}
     checkpoint: str  # the checkpoint actually loaded: best or last
     epoch: int | None  # the epoch that checkpoint was saved at, when known
     classes: list[str]
@@ -43,30 +46,127 @@ class Evaluation:
         return dict(self.__dict__)
 
 
-def evaluate(run_dir, split: str = "test", dataset: str | None = None, checkpoint: str = "best",
-             write: bool = True) -> Evaluation:
-    """Evaluate the run in `run_dir` on `split`; with `write`, save the figures and report.json there."""
+def default_split(dataset: str | None) -> str:
+    """`all` for a plain <dir>/<class>/ folder given with --dataset (none of it was trained on by this
+    run, and its carved test split would be a fifth of it); `test` for everything else."""
+    from .data import get_spec
+    from .data.folders import has_split_dirs
+
+    if dataset is None:
+        return "test"
+    spec = get_spec(dataset)
+    return "all" if spec.folder is not None and not has_split_dirs(spec.folder) else "test"
+
+
+def check_outputs(predictions, mistakes) -> None:
+    """Refuse output paths of the wrong kind before any work (one line each)."""
+    from .plots import figure_format
+
+    if predictions is not None and Path(predictions).suffix.lower() != ".csv":
+        raise CnnError(f"--predictions {predictions}: name a .csv file")
+    if mistakes is not None:
+        if predictions is None:
+            raise CnnError("--mistakes goes with --predictions FILE.csv")
+        try:
+            figure_format(mistakes)
+        except CnnError as e:
+            raise CnnError(f"--mistakes {e}") from None
+
+
+def evaluate(run_dir, split: str | None = None, dataset: str | None = None, checkpoint: str = "best",
+             write: bool = True, predictions=None, mistakes=None, progress=None) -> Evaluation:
+    """Evaluate the run in `run_dir` on `split` (default: `default_split`); with `write`, save the figures
+    and report.json there. `predictions` names a CSV of one row per image, written with a grid of the
+    most confident mistakes beside it (or at `mistakes`). `progress(n)` is called as images are scored."""
     from .train import load_run
 
+    split = split or default_split(dataset)
     if split not in SPLITS:
         raise CnnError(f"--split must be one of {', '.join(SPLITS)}, not {split!r}")
     if checkpoint not in ("best", "last"):
         raise CnnError(f"--checkpoint must be best or last, not {checkpoint!r}")
+    check_outputs(predictions, mistakes)
     run = load_run(run_dir, which=checkpoint)
     ds, notes = dataset_for(run, dataset)
-    part = getattr(ds, split)
-    if part is None or len(part.y) == 0:
-        hint = " (the run was trained with --val-split 0)" if split == "val" and dataset is None else ""
-        raise CnnError(f"data set {ds.name!r} has no {split} split{hint}")
-    y, notes2 = _labels_in_model_order(part.y, ds.classes, run.classes)
+    rows = scored_rows(ds, split, own=dataset is None)
+    y, notes2 = _labels_in_model_order(rows.y, ds.classes, run.classes)
     notes += notes2
-    probs = run.probabilities(part.x)
+    probs = np.concatenate([run.probabilities(x, progress=progress) for x in rows.xs])
     used, epoch = _checkpoint_used(Path(run_dir), checkpoint)
-    ev = Evaluation(str(run_dir), ds.name, split, used, epoch, list(run.classes), int(len(y)),
-                    notes=notes, **metrics(y, probs, run.classes))
+    ev = Evaluation(str(run_dir), ds.name, split, rows.described, rows.sizes, used, epoch, list(run.classes),
+                    int(len(y)), notes=notes, **metrics(y, probs, run.classes))
     if write:
-        ev.files = write_outputs(ev, part.x, y, probs, Path(run_dir), output_tag(dataset, split, used))
+        ev.files = write_outputs(ev, rows, y, probs, Path(run_dir), output_tag(dataset, split, used))
+    if predictions is not None:
+        ev.files["predictions"] = str(write_predictions(predictions, rows, y, probs, run.classes))
+        png = Path(mistakes) if mistakes else Path(predictions).with_name(Path(predictions).stem + "_mistakes.png")
+        ev.files["mistakes"] = str(_errors_png(rows, y, probs, run.classes, png, _title(ev, run_dir)))
+        if write:  # report.json lists every file this evaluation wrote
+            write_json(ev.files["report"], ev.to_dict())
     return ev
+
+
+@dataclass
+class Rows:
+    """The images one evaluation scores: one or more splits of a data set, kept apart (no copy)."""
+
+    xs: list  # uint8 arrays, one per split, in `splits` order
+    y: np.ndarray
+    splits: list[str]
+    files: list | None  # the file of each row, when the data set is read from files
+    sizes: dict
+    described: str
+
+    def image(self, i: int) -> np.ndarray:
+        for x in self.xs:
+            if i < len(x):
+                return np.asarray(x[i])
+            i -= len(x)
+        raise IndexError(i)
+
+    def split_of(self) -> list[str]:
+        return [s for s, x in zip(self.splits, self.xs) for _ in range(len(x))]
+
+
+def scored_rows(ds, split: str, own: bool = True) -> Rows:
+    """The rows of `split` ("all": every split there is) and a phrase saying which images they are."""
+    names = [s for s in ("train", "val", "test") if getattr(ds, s) is not None and len(getattr(ds, s).y)]
+    if split != "all":
+        if split not in names:
+            hint = " (the run was trained with --val-split 0)" if split == "val" and own else ""
+            raise CnnError(f"data set {ds.name!r} has no {split} split{hint}")
+        names = [split]
+    parts = [getattr(ds, s) for s in names]
+    files = [ds.files(s) for s in names]
+    sizes = {s: int(len(p.y)) for s, p in zip(names, parts)}
+    n = sum(sizes.values())
+    if split == "all":
+        described = f"all {n:,} images" + (" (" + " + ".join(f"{s} {k:,}" for s, k in sizes.items()) + ")"
+                                            if len(sizes) > 1 and own else "")
+    elif split == "test" and str(ds.info.get("test_split", "")).startswith("carved"):
+        described = f"test split, {n:,} images ({ds.info['test_split']})"
+    elif split == "val" and ds.info.get("val_split"):
+        described = f"val split, {n:,} images ({ds.info['val_split']})"
+    else:
+        described = f"{split} split, {n:,} images"
+    return Rows([p.x for p in parts], np.concatenate([p.y for p in parts]), names,
+                None if any(f is None for f in files) else [f for fs in files for f in fs], sizes, described)
+
+
+def write_predictions(path, rows: Rows, y: np.ndarray, probs: np.ndarray, classes: list[str]) -> Path:
+    """One CSV row per scored image: index, split, file (when read from files), true, predicted,
+    probability of the predicted class, correct (1/0)."""
+    from .fsutil import write_text
+    from .tables import csv_text
+
+    pred = probs.argmax(-1)
+    fields = [f for f in PREDICTION_FIELDS if f != "file" or rows.files is not None]
+    split_of = rows.split_of()
+    out = [{"index": i, "split": split_of[i], "file": rows.files[i] if rows.files else None,
+            "true": classes[y[i]], "predicted": classes[pred[i]], "probability": float(probs[i, pred[i]]),
+            "correct": int(pred[i] == y[i])} for i in range(len(y))]
+    write_text(path, csv_text(fields, out))
+    return Path(path)
 
 
 def metrics(y: np.ndarray, probs: np.ndarray, classes: list[str]) -> dict:
@@ -152,20 +252,24 @@ def output_tag(dataset: str | None, split: str, checkpoint: str) -> str:
     return "_" + "_".join(p for p in parts if p)
 
 
-def write_outputs(ev: Evaluation, x: np.ndarray, y: np.ndarray, probs: np.ndarray, run_dir: Path,
+def write_outputs(ev: Evaluation, rows: Rows, y: np.ndarray, probs: np.ndarray, run_dir: Path,
                   tag: str = "") -> dict:
     """confusion_matrix<tag>.png, errors<tag>.png and report<tag>.json in the run directory; their paths."""
     from . import plots
 
-    title = f"{Path(run_dir).name} on {ev.dataset} {ev.split} ({ev.checkpoint} checkpoint)"
+    title = _title(ev, run_dir)
     files = {
         "confusion_matrix": str(plots.confusion_matrices(np.array(ev.confusion_matrix), ev.classes,
                                                          run_dir / f"confusion_matrix{tag}.png", title)),
-        "errors": str(_errors_png(x, y, probs, ev.classes, run_dir / f"errors{tag}.png", title)),
+        "errors": str(_errors_png(rows, y, probs, ev.classes, run_dir / f"errors{tag}.png", title)),
         "report": str(run_dir / f"report{tag}.json"),
     }
     write_json(files["report"], ev.to_dict() | {"files": files})
     return files
+
+
+def _title(ev: Evaluation, run_dir) -> str:
+    return f"{Path(run_dir).name} on {ev.dataset} {ev.split} ({ev.checkpoint} checkpoint)"
 
 
 def worst_errors(y: np.ndarray, probs: np.ndarray, k: int = ERRORS_SHOWN) -> np.ndarray:
@@ -176,15 +280,21 @@ def worst_errors(y: np.ndarray, probs: np.ndarray, k: int = ERRORS_SHOWN) -> np.
     return wrong[np.argsort(-conf, kind="stable")][:k]
 
 
-def _errors_png(x, y, probs, classes, path: Path, title: str) -> Path:
+def _errors_png(rows: Rows, y, probs, classes, path: Path, title: str) -> Path:
+    """The most confident mistakes in a grid, each labelled with its row (and file), truth and guess."""
     from . import plots
 
     idx = worst_errors(y, probs)
     pred = probs.argmax(-1)
-    labels = [f"true {classes[y[i]]}\npred {classes[pred[i]]} {probs[i, pred[i]]:.2f}" for i in idx]
-    return plots.image_grid([x[i] for i in idx], labels, path,
+    labels = [f"#{i}" + (f" {_short_name(rows.files[i])}" if rows.files else "")
+              + f"\ntrue {classes[y[i]]}\npred {classes[pred[i]]} {probs[i, pred[i]]:.2f}" for i in idx]
+    return plots.image_grid([rows.image(int(i)) for i in idx], labels, path,
                             f"worst {len(idx)} of {int((pred != y).sum())} errors: {title}")
 
+
+def _short_name(file: str, width: int = 22) -> str:
+    name = Path(file.rsplit(":", 1)[-1]).name
+    return name if len(name) <= width else "..." + name[-(width - 3):]
 
 
 def report_rows(report: dict, classes: list[str]) -> list[list]:

@@ -155,3 +155,72 @@ def test_gate_failing_exit_code_and_json(digits):
     out = json.loads(r.stdout)
     assert out["accuracy"] == pytest.approx(digits["test_accuracy"], abs=1e-9)
     assert {"loss", "report", "confusion_matrix"} <= set(out) and out["report"]["0"]["support"] == 36
+
+
+@pytest.fixture(scope="module")
+def digit_folder(tmp_path_factory):
+    """A plain <dir>/<class>/ folder of 60 digits (6 per class), 8x8 like the model's input."""
+    from sklearn.datasets import load_digits
+
+    d, root = load_digits(), tmp_path_factory.mktemp("folder") / "mine"
+    for i in range(60):
+        (root / str(d.target[i])).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.round(d.images[i] * 255 / 16).astype(np.uint8)).save(root / str(d.target[i]) / f"{i}.png")
+    return root
+
+
+def test_split_chooses_what_is_scored_and_says_how_many(digits, digit_folder):
+    sizes = json.loads((Path(digits["run_dir"]) / "config.json").read_text())["data"]["sizes"]
+    ev = evaluate(digits["run_dir"], split="all", write=False)
+    assert ev.n == sum(sizes.values()) == 1797 and ev.sizes == sizes
+    assert ev.scored == f"all 1,797 images (train {sizes['train']:,} + val {sizes['val']:,} + test 359)"
+    assert evaluate(digits["run_dir"], write=False).scored.startswith("test split, 359 images (carved: 20%")
+    # A plain folder given with --dataset is scored whole by default, not its carved fifth.
+    ev = evaluate(digits["run_dir"], dataset=str(digit_folder), write=False)
+    assert (ev.split, ev.n, ev.scored, ev.sizes) == ("all", 60, "all 60 images", {"train": 48, "test": 12})
+    assert sum(map(sum, ev.confusion_matrix)) == 60
+    assert [evaluate(digits["run_dir"], dataset=str(digit_folder), split=s, write=False).n
+            for s in ("train", "test")] == [48, 12]
+    with pytest.raises(CnnError, match="has no val split"):
+        evaluate(digits["run_dir"], dataset=str(digit_folder), split="val", write=False)
+
+
+def test_predictions_csv_has_a_row_per_image_and_a_mistakes_grid(digits, digit_folder, tmp_path):
+    import csv
+
+    csv_path = tmp_path / "preds.csv"
+    ev = evaluate(digits["run_dir"], dataset=str(digit_folder), predictions=csv_path, write=False)
+    with open(csv_path) as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0]) == ["index", "split", "file", "true", "predicted", "probability", "correct"]
+    assert [int(r["index"]) for r in rows] == list(range(60))
+    assert sorted(Path(r["file"]).relative_to(digit_folder).as_posix() for r in rows) == sorted(
+        f"{p.parent.name}/{p.name}" for p in digit_folder.glob("*/*.png"))
+    for r in rows:
+        assert r["true"] == Path(r["file"]).parent.name  # the class folder each file is in
+        assert r["correct"] == str(int(r["true"] == r["predicted"])) and 0 < float(r["probability"]) <= 1
+        assert len(r["probability"].lstrip("0.").replace(".", "").rstrip("0")) <= 4  # 4 significant digits
+    assert sum(int(r["correct"]) for r in rows) / 60 == pytest.approx(ev.accuracy)
+    assert ev.files["mistakes"] == str(tmp_path / "preds_mistakes.png")
+    with Image.open(ev.files["mistakes"]) as im:
+        assert im.format == "PNG"
+    # An array data set has no files: the index (the row of the split scored) identifies each image.
+    ev = evaluate(digits["run_dir"], predictions=tmp_path / "own.csv", mistakes=tmp_path / "worst.jpg", write=False)
+    with open(tmp_path / "own.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0]) == ["index", "split", "true", "predicted", "probability", "correct"] and len(rows) == 359
+    assert {r["split"] for r in rows} == {"test"} and sum(r["correct"] == "0" for r in rows) == round(
+        359 * (1 - ev.accuracy))
+    with Image.open(tmp_path / "worst.jpg") as im:
+        assert im.format == "JPEG"
+    with pytest.raises(CnnError, match="name a .csv file"):
+        evaluate(digits["run_dir"], predictions=tmp_path / "p.txt", write=False)
+
+
+def test_cli_says_which_split_and_how_many(digits, digit_folder, tmp_path):
+    r = CliRunner().invoke(app, ["evaluate", digits["run_dir"], "--dataset", str(digit_folder),
+                                 "--predictions", str(tmp_path / "p.csv")])
+    assert r.exit_code == 0, r.output
+    assert r.output.splitlines()[0] == f"{digits['run_dir']}: mine, all 60 images, best checkpoint, epoch " \
+                                       f"{digits['best_epoch']}"
+    assert str(tmp_path / "p.csv") in r.output and str(tmp_path / "p_mistakes.png") in r.output

@@ -21,7 +21,7 @@ import numpy as np
 from ..errors import CnnError
 from . import cache
 from .registry import DatasetSpec, get_spec
-from .sources import Source, locate, raise_not_found
+from .sources import FileItems, Source, locate, raise_not_found
 from .splits import balanced_subset, channel_stats, class_counts, stratified_split, stratified_subset
 
 
@@ -31,6 +31,8 @@ class Split:
 
     x: np.ndarray  # uint8 (N, H, W, C)
     y: np.ndarray  # int32 (N,)
+    ids: np.ndarray | None = None  # each row's item number in the source's split `base` (for file names)
+    base: str | None = None
 
     def __len__(self) -> int:
         return len(self.y)
@@ -48,10 +50,23 @@ class Dataset:
     std: tuple[float, ...]
     fingerprint: str  # hash of source identity + preprocessing
     info: dict = field(default_factory=dict)
+    source: Source | None = field(default=None, repr=False)
 
     @property
     def num_classes(self) -> int:
         return len(self.classes)
+
+    def files(self, split: str) -> list[str] | None:
+        """The file each row of `split` was decoded from (zip members as ARCHIVE:MEMBER), for data sets
+        read from image files; None for array formats (MNIST IDX, CIFAR binaries, scikit-learn)."""
+        part = getattr(self, split)
+        if part is None or part.ids is None or self.source is None or not _decodes_files(self.source):
+            return None
+        items = self.source.parts[part.base].items
+        if not isinstance(items, FileItems):
+            return None
+        return [name if container is None else f"{container}:{name}"
+                for container, name in (items.refs[int(i)] for i in part.ids)]
 
 
 def load_dataset(
@@ -89,7 +104,7 @@ def load_dataset(
             store = _LiveStore(source, image_size, key)  # decode only the picked files; no cache
         else:
             store = _CachedStore(build_entry(source, spec, key, prep, image_size))
-    return _assemble(spec, store, val_split, limit, balance, seed)
+    return _assemble(spec, store, val_split, limit, balance, seed, source)
 
 
 def build_entry(source: Source, spec: DatasetSpec, key: str, prep: dict, image_size) -> cache.Entry:
@@ -150,10 +165,10 @@ class _CachedStore:
     def rows(self, split: str, item_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         x, y, ids = self._arrays[split]
         if len(item_ids) == len(ids) + sum(s["split"] == split for s in self.skipped):
-            return x, np.asarray(y)  # the whole split: hand out the memory map itself, no copy
+            return x, np.asarray(y), np.asarray(ids)  # the whole split: hand out the memory map itself, no copy
         pos = np.searchsorted(ids, item_ids)
         pos = pos[(pos < len(ids)) & (np.asarray(ids)[np.minimum(pos, len(ids) - 1)] == item_ids)]
-        return np.asarray(x[pos]), np.asarray(y[pos])
+        return np.asarray(x[pos]), np.asarray(y[pos]), np.asarray(ids)[pos]
 
     def full_train_stats(self):
         stats = self.meta.get("train_stats")
@@ -182,7 +197,7 @@ class _LiveStore:
         part = self.source.parts[split]
         x, ok, bad = part.items.fetch(item_ids, self.size, self.mode)
         self.skipped += [_skip_record(split, part, int(item_ids[pos]), reason) for pos, reason in bad]
-        return x, part.y[item_ids][ok]
+        return x, part.y[item_ids][ok], np.asarray(item_ids)[ok]
 
     def full_train_stats(self):
         return None
@@ -191,17 +206,17 @@ class _LiveStore:
 # --- assembling the Dataset ---------------------------------------------------------------------
 
 
-def _assemble(spec, store, val_split, limit, balance, seed) -> Dataset:
+def _assemble(spec, store, val_split, limit, balance, seed, source=None) -> Dataset:
     classes = list(store.meta["classes"])
     labels = store.item_labels()
     picks, val_note = _pick(labels, val_split, limit, balance, seed, len(classes))
     splits = {}
     for out, (base, ids) in picks.items():
-        x, y = store.rows(base, ids)
+        x, y, kept = store.rows(base, ids)
         if balance and len(set(class_counts(y, len(classes))) - {0}) > 1:  # skipped files unbalanced it
             keep = balanced_subset(y, seed, len(classes))
-            x, y = np.asarray(x[keep]), y[keep]
-        splits[out] = Split(x, y.astype(np.int32, copy=False))
+            x, y, kept = np.asarray(x[keep]), y[keep], kept[keep]
+        splits[out] = Split(x, y.astype(np.int32, copy=False), kept, base)
     train = splits["train"]
     if len(train) == 0:
         raise CnnError(f"data set {spec.name!r} has no training images left (all skipped or limit too small)")
@@ -235,6 +250,7 @@ def _assemble(spec, store, val_split, limit, balance, seed) -> Dataset:
         std=std,
         fingerprint=store.key[:16],
         info=info,
+        source=source,
     )
 
 

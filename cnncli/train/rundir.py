@@ -91,8 +91,9 @@ class Run:
 
         return normalize(to_unit(x_uint8), self.mean, self.std)
 
-    def probabilities(self, x_uint8, batch_size: int = 256):
-        """Class probabilities (N, K) for uint8 images, in jitted batches of fixed size."""
+    def probabilities(self, x_uint8, batch_size: int = 256, progress=None):
+        """Class probabilities (N, K) for uint8 images, in jitted batches of fixed size; `progress(n)`
+        is called after each batch with the number of images it held."""
         import numpy as np
 
         from .step import make_eval_step, split
@@ -113,6 +114,8 @@ class Run:
                 xb = np.concatenate([xb, np.zeros((bs - m, *xb.shape[1:]), xb.dtype)])
             _, _, probs = self._eval(*self._state, xb, np.zeros(len(xb), np.int32), np.zeros(len(xb), np.float32))
             out.append(np.asarray(probs)[:m])
+            if progress is not None:
+                progress(m)
         return np.concatenate(out) if out else np.zeros((0, len(self.classes)), np.float32)
 
 
