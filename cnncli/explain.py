@@ -60,6 +60,7 @@ def output_path(image: Path, run_dir: Path, out: str | None) -> Path:
 def explain(run, image, out: str | None = None, invert: str = "auto") -> dict:
     """Compute and draw the saliency map of `image`; returns {file, class, probability, png, note}."""
     from . import plots
+    from .data import decode_image
     from .predict import prepare
 
     image = Path(image)
@@ -67,5 +68,49 @@ def explain(run, image, out: str | None = None, invert: str = "auto") -> dict:
     prep = prepare(image, run, invert)
     sal, cls, prob = saliency_map(run, prep.x)
     name = run.classes[cls]
-    plots.saliency(prep.x, sal, png, f"{image.name}: predicted {name} ({prob:.3f})")
+    # The picture shows the file as the user made it (colours, strokes, size), the map laid back onto it.
+    rgb = decode_image(image, None, "RGB")
+    shown = _shown(rgb)
+    on_file = onto_file(smooth(sal), prep.frame, rgb.shape[:2], shown.shape[:2])
+    plots.saliency(shown, on_file, prep.x, png, f"{image.name}: predicted {name} ({prob:.3f})")
     return {"file": str(image), "class": name, "probability": prob, "png": str(png), "note": ", ".join(prep.notes)}
+
+
+SHOWN_SIDE = 448  # the file is drawn at most this many pixels a side (a 12 MP photo need not be)
+
+
+def _shown(rgb: np.ndarray) -> np.ndarray:
+    from .data.images import resize_array
+
+    h, w = rgb.shape[:2]
+    s = min(1.0, SHOWN_SIDE / max(h, w))
+    return rgb if s == 1.0 else resize_array(rgb, (max(1, round(h * s)), max(1, round(w * s))))
+
+
+def smooth(sal: np.ndarray) -> np.ndarray:
+    """A 3x3 binomial blur: raw gradients flicker pixel to pixel; the map should show regions."""
+    k = np.array([0.25, 0.5, 0.25])
+    p = np.pad(sal, 1, mode="edge")
+    rows = k[0] * p[:-2] + k[1] * p[1:-1] + k[2] * p[2:]
+    return (k[0] * rows[:, :-2] + k[1] * rows[:, 1:-1] + k[2] * rows[:, 2:]).astype(np.float32)
+
+
+def onto_file(sal: np.ndarray, frame, file_hw, shown_hw) -> np.ndarray:
+    """The model-input saliency (h, w) laid onto the file's pixels, as drawn at `shown_hw`.
+
+    `frame` (see `predict.Prepared`) says which input rows/cols hold which part of the file; None:
+    the whole file was resized to the input. Saliency outside that part (the margin a centred digit
+    was placed in) has no pixel of the file to land on.
+    """
+    from PIL import Image
+
+    h, w = sal.shape
+    top, left, ph, pw, y0, x0, y1, x1 = frame or (0, 0, h, w, 0, 0, *file_hw)
+    sy, sx = shown_hw[0] / file_hw[0], shown_hw[1] / file_hw[1]
+    y0, y1 = round(y0 * sy), max(round(y1 * sy), round(y0 * sy) + 1)
+    x0, x1 = round(x0 * sx), max(round(x1 * sx), round(x0 * sx) + 1)
+    out = np.zeros(shown_hw, np.float32)
+    patch = sal[top : top + ph, left : left + pw].astype(np.float32)
+    up = np.asarray(Image.fromarray(patch, "F").resize((x1 - x0, y1 - y0), Image.BILINEAR))
+    out[y0:y1, x0:x1] = up[: shown_hw[0] - y0, : shown_hw[1] - x0]
+    return out

@@ -121,24 +121,45 @@ def image_grid(images: list, labels: list[str], path, title: str = "", cols: int
     return save(fig, path)
 
 
-def saliency(image, sal, path, title: str = "") -> Path:
-    """The image, its saliency map, and the map laid over the image: one PNG (`cnn explain`)."""
-    gray = image.shape[-1] == 1
-    shown = image[..., 0] if gray else image
-    fig, axes = plt.subplots(1, 3, figsize=(11, 4))
-    axes[0].imshow(shown, cmap="gray" if gray else None, vmin=0, vmax=255)
-    axes[0].set_title("input (as the model sees it)")
-    im = axes[1].imshow(sal, cmap="hot")
-    axes[1].set_title("saliency |d score / d pixel|")
-    fig.colorbar(im, ax=axes[1], fraction=0.046, pad=0.04)
-    axes[2].imshow(shown, cmap="gray" if gray else None, vmin=0, vmax=255)
-    axes[2].imshow(sal, cmap="jet", alpha=0.5)
-    axes[2].set_title("overlay")
-    for ax in axes:
-        ax.axis("off")
+def saliency(shown, sal_shown, model_input, path, title: str = "") -> Path:
+    """`cnn explain`: the file as the user made it; the same in grey with the saliency as a heat map
+    over it (clear where the score does not care); and, small, the input the model saw."""
+    import numpy as np
+    from matplotlib import colormaps
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
+
+    fig = plt.figure(figsize=(12, 4.6), layout="constrained")
+    grid = fig.add_gridspec(1, 3, width_ratios=[1, 1, 0.55])
+    ax_file, ax_heat, ax_input = (fig.add_subplot(grid[0, i]) for i in range(3))
+    ax_file.imshow(shown, vmin=0, vmax=255)
+    ax_file.set_title("your image")
+    grey = shown.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
+    ax_heat.imshow(grey, cmap="gray", vmin=0, vmax=255)
+    # Scaled to the 99th percentile (one hot pixel must not wash the rest out); opacity rises with the
+    # value, so where the score does not care the grey image shows through untouched.
+    top = float(np.percentile(sal_shown, 99)) or float(sal_shown.max()) or 1.0
+    v = np.clip(sal_shown / top, 0, 1)
+    rgba = colormaps[HEAT](v)
+    rgba[..., 3] = 0.8 * np.clip((v - 0.12) / 0.88, 0, 1) ** 0.6
+    ax_heat.imshow(rgba)
+    ax_heat.set_title("where the prediction looks")
+    fig.colorbar(ScalarMappable(Normalize(0, 1), colormaps[HEAT]), ax=ax_heat, fraction=0.046, pad=0.02,
+                 label="saliency, share of the largest")
+    gray_in = model_input.shape[-1] == 1
+    ax_input.imshow(model_input[..., 0] if gray_in else model_input, cmap="gray" if gray_in else None,
+                    vmin=0, vmax=255, interpolation="nearest")
+    h, w = model_input.shape[:2]
+    ax_input.set_title(f"what the model saw ({w}x{h})", fontsize=9)
+    for ax in (ax_file, ax_heat, ax_input):
+        ax.set_xticks([])
+        ax.set_yticks([])
     if title:
         fig.suptitle(title)
     return save(fig, path)
+
+
+HEAT = "turbo"  # blue -> red: reads as heat on white paper and on black ink alike
 
 
 def comparison(panels: dict, path, title: str = "") -> Path:

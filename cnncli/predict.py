@@ -34,6 +34,10 @@ class Prepared:
 
     x: np.ndarray  # uint8 (H, W, C) of the model's input shape
     notes: list[str]
+    # Where the file's pixels went: model input rows/cols [top:top+h, left:left+w] hold the file's
+    # [y0:y1, x0:x1], as (top, left, h, w, y0, x0, y1, x1); None: the whole file was resized to the
+    # input. `explain` maps its saliency back onto the file with it.
+    frame: tuple | None = None
 
 
 def collect_inputs(paths) -> tuple[list[Path], int]:
@@ -84,13 +88,13 @@ def prepare(path, run, invert: str = "auto") -> Prepared:
     inverted = invert == "yes" or (invert == "auto" and background_is_light(gray))
     if gray.shape == (h, w) and not inverted:
         return Prepared(gray[..., None], [])  # already a data set image: leave it alone
-    digit = centre_digit(255 - gray if inverted else gray, (h, w), box)
-    notes = (["inverted"] if inverted else []) + (["centred"] if digit is not None else ["no digit found, resized"])
-    if digit is None:
+    placed = _centre_digit(255 - gray if inverted else gray, (h, w), box)
+    notes = (["inverted"] if inverted else []) + (["centred"] if placed is not None else ["no digit found, resized"])
+    if placed is None:
         from .data.images import resize_array
 
-        digit = resize_array((255 - gray if inverted else gray)[..., None], (h, w))[..., 0]
-    return Prepared(digit[..., None], notes)
+        return Prepared(resize_array((255 - gray if inverted else gray)[..., None], (h, w)), notes)
+    return Prepared(placed[0][..., None], notes, placed[1])
 
 
 def background_is_light(gray: np.ndarray) -> bool:
@@ -114,9 +118,16 @@ def centre_digit(gray: np.ndarray, size: tuple[int, int], box: float) -> np.ndar
     Binary ink scaled down by area averaging is how both MNIST (NIST scans, anti-aliased to 20x20)
     and scikit-learn's digits (32x32 bitmaps, 4x4 blocks counted) were made.
     """
+    placed = _centre_digit(gray, size, box)
+    return None if placed is None else placed[0]
+
+
+def _centre_digit(gray: np.ndarray, size: tuple[int, int], box: float):
+    """`centre_digit`'s (digit, frame), frame as in `Prepared.frame`; None when no ink stands out."""
     from PIL import Image
 
     g = _reduce(gray).astype(np.float32)
+    back = gray.shape[0] / g.shape[0], gray.shape[1] / g.shape[1]  # reduced -> file pixels
     g = np.clip(g - np.median(_border(g)), 0, None)
     hi = float(g.max())
     if hi < MIN_CONTRAST:
@@ -133,7 +144,9 @@ def centre_digit(gray: np.ndarray, size: tuple[int, int], box: float) -> np.ndar
     top, left = _place(patch, (fh, fw))
     out = np.zeros((fh, fw), np.float32)
     out[top : top + ph, left : left + pw] = patch
-    return np.clip(np.round(out), 0, 255).astype(np.uint8)
+    frame = (top, left, ph, pw, round(rows[0] * back[0]), round(cols[0] * back[1]),
+             round((rows[-1] + 1) * back[0]), round((cols[-1] + 1) * back[1]))
+    return np.clip(np.round(out), 0, 255).astype(np.uint8), frame
 
 
 def _reduce(gray: np.ndarray) -> np.ndarray:

@@ -134,3 +134,41 @@ def test_explain_writes_the_format_its_extension_names(digits, tmp_path, run_cnn
         code, out, err = run_cnn("explain", img, "--model", digits["run_dir"], "--out", tmp_path / bad)
         assert code == 2 and out == "" and len(err.splitlines()) == 1 and not (tmp_path / bad).exists()
         assert err.startswith(f"error: --out {tmp_path / bad}: cannot write a figure as ") and ".png" in err
+
+
+def test_saliency_lands_on_the_part_of_the_file_the_model_saw(tmp_path):
+    from cnncli.explain import onto_file
+    from cnncli.predict import _centre_digit
+
+    # A dark bar drawn on white paper at rows 40-160, cols 90-110 of a 200x300 file.
+    paper = np.full((200, 300), 255, np.uint8)
+    paper[40:160, 90:110] = 0
+    digit, frame = _centre_digit(255 - paper, (28, 28), 20 / 28)
+    top, left, ph, pw, y0, x0, y1, x1 = frame
+    assert (y0, x0, y1, x1) == (40, 90, 160, 110) and ph == 20 and digit[top:top + ph, left:left + pw].max() > 0
+    sal = np.zeros((28, 28), np.float32)
+    sal[top:top + ph, left:left + pw] = 1.0  # the model cares about the bar and nothing else
+    on_file = onto_file(sal, frame, paper.shape, (100, 150))  # drawn at half size
+    assert on_file[20:80, 45:55].min() > 0.5 and on_file[:15].max() == 0 and on_file[:, 60:].max() == 0
+    # No frame: the whole file was resized to the input, so the map is resized back over all of it.
+    assert onto_file(np.ones((8, 8), np.float32), None, (64, 32), (64, 32)).min() == pytest.approx(1.0)
+
+
+def test_explain_shows_the_file_as_drawn_and_the_map_over_it_in_grey(digits, tmp_path, monkeypatch):
+    import cnncli.plots as plots
+    from cnncli.explain import explain
+    from cnncli.train import load_run
+
+    drawn = np.full((60, 40, 3), 250, np.uint8)
+    drawn[10:50, 18:24] = (20, 40, 200)  # a blue "1" on paper
+    Image.fromarray(drawn).save(tmp_path / "one.png")
+    seen = {}
+    real = plots.saliency
+    monkeypatch.setattr(plots, "saliency", lambda *a, **k: seen.update(args=a) or real(*a, **k))
+    r = explain(load_run(digits["run_dir"]), tmp_path / "one.png", str(tmp_path / "s.png"))
+    shown, on_file, model_input = seen["args"][:3]
+    assert np.array_equal(shown, drawn)  # as drawn: colours and size kept, nothing binarised
+    assert on_file.shape == (60, 40) and on_file[10:50, 18:24].mean() > on_file[:5].mean()
+    assert model_input.shape == (8, 8, 1) and r["note"] == "inverted, centred"
+    with Image.open(tmp_path / "s.png") as im:
+        assert im.format == "PNG"
