@@ -1,0 +1,99 @@
+"""`cnn bench`: time the real train and inference steps and compare with peer frameworks."""
+
+from __future__ import annotations
+
+from typing import Annotated, Optional
+
+import typer
+
+from ..errors import CnnError
+from .options import Arch, BatchSize, DataDir, Dataset
+
+Opt = typer.Option
+
+
+def bench(
+    arch: Arch = "net1",
+    dataset: Dataset = "mnist",
+    input_shape: Annotated[Optional[str], Opt("--input-shape",
+                                              help="H,W,C instead of the data set's (no pipeline measure).")] = None,
+    classes: Annotated[int, Opt("--classes", help="Number of classes with --input-shape.")] = 10,
+    batch_size: BatchSize = 128,
+    infer_batch_size: Annotated[Optional[int], Opt("--infer-batch-size",
+                                                   help="Inference batch size (default: --batch-size).")] = None,
+    modes: Annotated[str, Opt("--modes", help="Comma list of train, infer.")] = "train,infer",
+    repeats: Annotated[int, Opt("--repeats", min=1, help="Timed groups; images/s is their median.")] = 5,
+    steps: Annotated[int, Opt("--steps", min=1, help="Steps per timed group.")] = 10,
+    warmup: Annotated[int, Opt("--warmup", min=0, help="Untimed steps after compilation.")] = 2,
+    vs: Annotated[str, Opt("--vs", help="Peers to run in subprocesses: torch,keras (pip install -e '.[bench]').")] = "",
+    pipeline: Annotated[bool, Opt("--pipeline/--no-pipeline", help="Also time real batches from the data set.")] = True,
+    data_dir: DataDir = None,
+    json_out: Annotated[bool, Opt("--json", help="One JSON object per row on stdout.")] = False,
+):
+    """Time the real train and inference steps (images/s, GFLOP/s, share of matmul peak) and compare with peers."""
+    from .. import bench as B
+    from ..console import Out
+    from ..models import flops_per_image
+    from ..models.summary import dataset_input, parse_shape
+
+    out = Out(json=json_out)
+    wanted = [m.strip() for m in modes.split(",") if m.strip()]
+    if not wanted or set(wanted) - {"train", "infer"}:
+        raise CnnError(f"--modes takes train and/or infer; got {modes!r}")
+    peers = [p.strip() for p in vs.split(",") if p.strip()]
+    unknown = [p for p in peers if p not in B.PEERS]
+    if unknown:
+        raise CnnError(f"unknown --vs peer {unknown[0]!r}; choose from {', '.join(B.PEERS)}")
+    shape, k = (parse_shape(input_shape), classes) if input_shape else dataset_input(dataset, arch)
+    sizes = {"train": batch_size, "infer": infer_batch_size or batch_size}
+
+    peak, cpu = B.matmul_peak_gflops(), B.cpu_info()
+    flops = flops_per_image(arch, shape, k)
+    setup = B._Setup(arch, shape, k)
+    rows, notes, skipped = [], [], set()
+    for mode in wanted:
+        got, failed = B.measure(setup, mode, sizes[mode], [p for p in peers if p not in skipped], repeats=repeats,
+                                steps=steps, warmup=warmup, flops=flops, peak=peak)
+        rows += got
+        notes += failed.values()
+        skipped |= failed.keys()
+    order = ["cnn", *peers]
+    rows.sort(key=lambda r: order.index(r["framework"]))  # by framework; stable, so modes keep their order
+    if pipeline and not input_shape and "train" in wanted:
+        from ..data import load_dataset
+
+        ds = load_dataset(dataset, data_dir=data_dir, limit=batch_size * (steps + 3))
+        rows[0].update(B.pipeline_share(setup, ds, batch_size, steps, rows[0]["images_per_s"]))
+    startup = B.startup_seconds()
+    for r in rows:
+        if r["framework"] == "cnn":
+            r["startup_s"] = startup
+
+    for r in rows:  # peers ran on the same host, in the same run
+        r["cpu"] = cpu
+    if json_out:
+        for r in rows:
+            out.emit_json(r)
+    _print_table(out, arch, shape, repeats, steps, rows)
+    cnn_rows = [r for r in rows if r["framework"] == "cnn"]
+    out.print(f"cpu: {cpu['model']}, {cpu['cores']} cores, {cpu['isa']}")
+    out.print(f"matmul peak {peak:.0f} GFLOP/s (fp32 2048^3 jnp.dot); forward {flops / 1e6:.1f} MFLOP/image, "
+              f"train counted as {B.TRAIN_FLOPS_FACTOR}x")
+    for r in cnn_rows:
+        out.print(f"cnn {r['mode']}: compile {r['compile_s']:.1f} s, warm-up {r['warmup_s']:.2f} s (excluded)")
+    if "pipeline_share" in cnn_rows[0]:
+        out.print(f"input pipeline: {cnn_rows[0]['real_images_per_s']:.0f} images/s on real {dataset} batches, "
+                  f"{100 * cnn_rows[0]['pipeline_share']:.0f}% of step time")
+    elif "pipeline_note" in cnn_rows[0]:
+        out.print(cnn_rows[0]["pipeline_note"])
+    out.print(f"`cnn --help` start-up: {startup:.2f} s")
+    for note in notes:
+        out.print(note)
+
+
+def _print_table(out, arch, shape, repeats, steps, rows) -> None:
+    table = [[r["framework"], r["mode"], r["batch_size"], f"{r['images_per_s']:.0f}",
+              f"{r['images_per_s_min']:.0f}-{r['images_per_s_max']:.0f}", f"{r['gflops']:.1f}",
+              f"{100 * r['peak_share']:.0f}%", f"{r['cnn_speedup']:.2f}x" if "cnn_speedup" in r else ""] for r in rows]
+    out.table(f"{arch} {'x'.join(map(str, shape))}: images/s (median of {repeats} x {steps} steps)",
+              ["framework", "mode", "batch", "images/s", "min-max", "GFLOP/s", "of peak", "cnn speed-up"], table)

@@ -1,0 +1,57 @@
+"""`cnn evaluate`: score a run on a split or another data set; a CI gate with --min-accuracy."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from .options import Json
+
+
+def evaluate(
+    run_dir: Annotated[Optional[Path], typer.Argument(help="Run directory (default: the newest under --out).")] = None,
+    split: Annotated[Optional[str], typer.Option(help="test, val, train or all. Default: all for a plain "
+                                                 "<dir>/<class>/ folder given with --dataset, else test.")] = None,
+    dataset: Annotated[Optional[str], typer.Option(help="Evaluate on another data set of the same image shape.")] = None,
+    checkpoint: Annotated[str, typer.Option(help="best or last.")] = "best",
+    predictions: Annotated[Optional[Path], typer.Option(help="Write a CSV, one row per image: index, split, file, "
+                                                        "true, predicted, probability, correct.")] = None,
+    mistakes: Annotated[Optional[Path], typer.Option(help="With --predictions: where the grid of the most confident "
+                                                     "mistakes goes (default: beside the CSV, <stem>_mistakes.png).")] = None,
+    min_accuracy: Annotated[Optional[float], typer.Option(
+        help="Exit with code 1 when accuracy is below this (CI gate).")] = None,
+    out: Annotated[str, typer.Option(help="Parent folder of run directories, to find the newest.")] = "runs/train",
+    json: Json = False,
+):
+    """Loss, accuracy, classification report and confusion matrix of a run on a split of a data set.
+
+    Writes confusion_matrix.png, errors.png and report.json into the run directory (with a suffix
+    such as _val or _last for other splits, data sets or checkpoints).
+    """
+    from ..console import Out
+    from ..evaluate import evaluate as evaluate_run
+    from ..evaluate import report_rows
+    from ..train import latest_run
+
+    o = Out(json=json)
+    ev = evaluate_run(run_dir or latest_run(out), split, dataset, checkpoint, predictions=predictions,
+                      mistakes=mistakes)
+    for note in ev.notes:
+        o.print(f"note: {note}")
+    if json:
+        o.emit_json(ev.to_dict())
+    else:
+        epoch = "" if ev.epoch is None else f", epoch {ev.epoch}"
+        o.print(f"{ev.run_dir}: {ev.dataset}, {ev.scored}, {ev.checkpoint} checkpoint{epoch}")
+        o.print(f"loss {ev.loss:.4f}  accuracy {ev.accuracy:.4f}")
+        o.table("classification report", ["", "precision", "recall", "f1-score", "support"],
+                report_rows(ev.report, ev.classes))
+        o.table("confusion matrix (rows: true class, columns: predicted)", ["true \\ pred", *ev.classes],
+                [[c, *row] for c, row in zip(ev.classes, ev.confusion_matrix)])
+        o.print("wrote " + ", ".join(ev.files.values()))
+    if min_accuracy is not None and ev.accuracy < min_accuracy:
+        print(f"accuracy {ev.accuracy:.4f} is below --min-accuracy {min_accuracy}", file=sys.stderr)
+        raise typer.Exit(1)

@@ -1,0 +1,87 @@
+"""`cnn predict` and `cnn explain`: classify image files with a trained run, and show why."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from ..errors import CnnError
+from .options import Invert, Json, Model
+
+
+def predict(
+    images: Annotated[list[Path], typer.Argument(help="Image files and/or folders (searched recursively, sorted).")],
+    model: Model = None,
+    top_k: Annotated[int, typer.Option(help="How many of the most likely classes to list.")] = 3,
+    invert: Invert = "auto",
+    json: Annotated[bool, typer.Option("--json", help="Print a JSON list on stdout, one entry per file.")] = False,
+    csv: Annotated[bool, typer.Option("--csv", help="Print CSV on stdout: file,class,probability,top_k,note,error.")] = False,
+):
+    """Classify images with a trained run; a bad file gets one error line and the others still run."""
+    from ..console import Out
+    from ..predict import INVERT_CHOICES, collect_inputs, csv_text, describe, predict_files
+    from ..train import latest_run, load_run
+
+    if json and csv:
+        raise CnnError("choose one of --json and --csv")
+    if invert not in INVERT_CHOICES:
+        raise CnnError(f"--invert must be one of {', '.join(INVERT_CHOICES)}, not {invert!r}")
+    if top_k < 1:
+        raise CnnError("--top-k must be at least 1")
+    o = Out(json=json or csv)
+    files, skipped = collect_inputs(images)
+    if skipped:
+        print(f"note: skipped {skipped} file(s) without an image extension in the folders given", file=sys.stderr)
+    if not files:
+        raise CnnError("no image files found in " + ", ".join(map(str, images)))
+    run = load_run(model or latest_run())
+    if top_k > len(run.classes):  # what is shown must match what is said
+        print(f"note: the model has {len(run.classes)} classes; showing all {len(run.classes)}, not top {top_k}",
+              file=sys.stderr)
+        top_k = len(run.classes)
+    results = predict_files(run, files, top_k=top_k, invert=invert)
+    failed = [r for r in results if "error" in r]
+    if json:
+        o.emit_json(results)
+    elif csv:
+        sys.stdout.write(csv_text(results))
+    else:
+        for r in failed:
+            print(f"{r['file']}: {r['error']}", file=sys.stderr)
+        rows = [[r["file"], r["class"], describe(r),
+                 ", ".join(f"{t['class']} {t['probability']:.3f}" for t in r["top_k"]), r["note"]]
+                for r in results if "error" not in r]
+        if rows:
+            o.table(None, ["file", "class", "P(class 1) -> class" if run.binary_head else "probability",
+                           f"top {top_k}", "note"], rows, justify_numbers=False)
+    if failed:
+        print(f"{len(failed)} of {len(results)} file(s) could not be classified", file=sys.stderr)
+        raise typer.Exit(1)
+
+
+def explain(
+    image: Annotated[Path, typer.Argument(help="The image to explain.")],
+    model: Model = None,
+    out: Annotated[Optional[str], typer.Option(
+        help="Figure to write, in the format its extension names (.png, .jpg, .pdf, .svg, ...), or a folder "
+             "(default <run_dir>/explain/<stem>_saliency.png).")] = None,
+    invert: Invert = "auto",
+    json: Json = False,
+):
+    """Saliency map: |d predicted-class logit / d pixel|, beside the image and as an overlay, in one PNG."""
+    from ..console import Out
+    from ..explain import explain as explain_image
+    from ..train import latest_run, load_run
+
+    o = Out(json=json)
+    run = load_run(model or latest_run())
+    r = explain_image(run, image, out, invert)
+    if json:
+        o.emit_json(r)
+    else:
+        note = f" ({r['note']})" if r["note"] else ""
+        o.print(f"{r['file']}: {r['class']} {r['probability']:.4f}{note}")
+        o.print(f"wrote {r['png']}")
