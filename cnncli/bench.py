@@ -112,13 +112,15 @@ class Timer:
         return time.perf_counter() - t
 
 
-def interleave(blocks: dict, repeats: int, steps: int) -> dict[str, list[float]]:
+def interleave(blocks: dict, repeats: int, steps: int, progress=None) -> dict[str, list[float]]:
     """name -> seconds of each of its `repeats` groups; round r runs the groups in an order rotated by
-    r, so a slower minute of the machine falls on every framework alike."""
+    r, so a slower minute of the machine falls on every framework alike. `progress()` after each group."""
     names, seconds = list(blocks), {name: [] for name in blocks}
     for r in range(repeats):
         for name in names[r % len(names):] + names[: r % len(names)]:
             seconds[name].append(blocks[name](steps))
+            if progress is not None:
+                progress()
     return seconds
 
 
@@ -285,6 +287,8 @@ def measure(setup: _Setup, mode: str, batch_size: int, peers: list[str], *, repe
             warmup: int, flops: int, peak: float) -> tuple[list[dict], dict[str, str]]:
     """One mode's rows, cnn's then each peer's (with `cnn_speedup`), from groups timed alternately; and
     {peer: why} for the peers that could not start (the others run without them)."""
+    from .console import task_progress
+
     procs, failed = [], {}
     for peer in peers:
         try:
@@ -293,7 +297,10 @@ def measure(setup: _Setup, mode: str, batch_size: int, peers: list[str], *, repe
             failed[peer] = str(e)
     try:
         timer = (train_timer if mode == "train" else infer_timer)(setup, batch_size, warmup)
-        seconds = interleave({"cnn": timer.block, **{p.framework: p.block for p in procs}}, repeats, steps)
+        blocks = {"cnn": timer.block, **{p.framework: p.block for p in procs}}
+        # The bar starts after compiling: the timed groups are what takes the time, and their count is known.
+        with task_progress(f"timing {mode}: {', '.join(blocks)}", repeats * len(blocks), "groups") as advance:
+            seconds = interleave(blocks, repeats, steps, progress=advance)
     finally:
         for p in procs:
             p.close()

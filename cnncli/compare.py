@@ -15,6 +15,7 @@ from __future__ import annotations
 import itertools
 import json
 import statistics
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -207,10 +208,11 @@ def run(plan: Plan, out, progress_factory) -> dict:
     out.print("varied: " + "; ".join(f"{k} {', '.join(v)}" for k, v in differ.items()))
     records = []
     total = len(plan.configs)
+    started = time.monotonic()
     for i, (dataset, v, seed) in enumerate(runs_of(plan), 1):
         cfg = plan.configs[(dataset, v.slug, seed)]
         cfg.out, cfg.name = str(comp_dir), f"{Path(dataset).name}-{v.slug}-s{seed}"
-        out.print(f"run {i}/{total}: {Path(dataset).name}, {v.label}, seed {seed}")
+        out.print(f"run {i}/{total}: {Path(dataset).name}, {v.label}, seed {seed}{_time_left(started, i - 1, total)}")
         record = {"dataset": Path(dataset).name, "variant": v.label, "seed": seed, "run_dir": str(comp_dir / cfg.name)}
         try:
             record |= run_stats(fit(cfg, progress_factory())["run_dir"])
@@ -223,6 +225,14 @@ def run(plan: Plan, out, progress_factory) -> dict:
     result = summarize(plan, comp_dir, records, shared, differ)
     write_outputs(comp_dir, result)
     return result
+
+
+def _time_left(started: float, done: int, total: int) -> str:
+    """", about 3.5 min left" from the mean wall time of the runs done (variants differ: a rough guide)."""
+    if not done:
+        return ""
+    left = (time.monotonic() - started) / done * (total - done)
+    return f", about {left / 60:.1f} min left" if left >= 60 else f", about {left:.0f} s left"
 
 
 # --- numbers ---------------------------------------------------------------------------------

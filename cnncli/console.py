@@ -6,7 +6,9 @@ command prints exactly one JSON document (or one per line, for `bench`) on stdou
 
 from __future__ import annotations
 
+import contextlib
 import sys
+import time
 
 from rich.console import Console
 from rich.table import Table
@@ -51,6 +53,45 @@ class Out:
 
         sys.stdout.write(dumps(obj) + "\n")
         sys.stdout.flush()
+
+
+PLAIN_EVERY = 10.0  # seconds between plain progress lines off a terminal (a quicker task prints none)
+
+
+@contextlib.contextmanager
+def task_progress(label: str, total: int | None, unit: str = "images", show_below: int = 0):
+    """Progress of one long piece of work, on stderr (stdout stays clean for tables and --json).
+
+    Yields `advance(n=1)`. On a terminal: a transient Rich bar with count and time left, unless
+    `total` is under `show_below` (too quick to be worth a bar). Elsewhere (CI logs, pipes): a plain
+    line every PLAIN_EVERY seconds, "label: 1,024/10,000 images, 12 s", so a long job shows it lives
+    and a short one prints nothing.
+    """
+    console = Console(stderr=True, highlight=False, soft_wrap=True)
+    if console.is_terminal:
+        if total is not None and total < show_below:
+            yield lambda n=1: None
+            return
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        columns = ["{task.description}", BarColumn(), MofNCompleteColumn(), TextColumn(unit), TimeRemainingColumn()]
+        with Progress(*columns, console=console, transient=True) as bar:
+            task = bar.add_task(label, total=total)
+            yield lambda n=1: bar.advance(task, n)
+        return
+    start = last = time.monotonic()
+    done = 0
+
+    def advance(n=1):
+        nonlocal done, last
+        done += n
+        now = time.monotonic()
+        if now - last >= PLAIN_EVERY:
+            last = now
+            of = f"/{total:,}" if total is not None else ""
+            console.print(f"{label}: {done:,}{of} {unit}, {now - start:.0f} s")
+
+    yield advance
 
 
 def fmt(v) -> str:

@@ -19,6 +19,7 @@ from .fsutil import write_json
 
 SPLITS = ("test", "val", "train", "all")
 ERRORS_SHOWN = 25  # worst misclassified images drawn in errors.png (a 5x5 grid)
+SHOW_BAR_FROM = 2000  # images: fewer are scored in a blink (a bar would only flash)
 PREDICTION_FIELDS = ["index", "split", "file", "true", "predicted", "probability", "correct"]
 
 
@@ -74,10 +75,11 @@ def check_outputs(predictions, mistakes) -> None:
 
 
 def evaluate(run_dir, split: str | None = None, dataset: str | None = None, checkpoint: str = "best",
-             write: bool = True, predictions=None, mistakes=None, progress=None) -> Evaluation:
+             write: bool = True, predictions=None, mistakes=None) -> Evaluation:
     """Evaluate the run in `run_dir` on `split` (default: `default_split`); with `write`, save the figures
     and report.json there. `predictions` names a CSV of one row per image, written with a grid of the
-    most confident mistakes beside it (or at `mistakes`). `progress(n)` is called as images are scored."""
+    most confident mistakes beside it (or at `mistakes`)."""
+    from .console import task_progress
     from .train import load_run
 
     split = split or default_split(dataset)
@@ -91,7 +93,8 @@ def evaluate(run_dir, split: str | None = None, dataset: str | None = None, chec
     rows = scored_rows(ds, split, own=dataset is None)
     y, notes2 = _labels_in_model_order(rows.y, ds.classes, run.classes)
     notes += notes2
-    probs = np.concatenate([run.probabilities(x, progress=progress) for x in rows.xs])
+    with task_progress(f"scoring {ds.name} {split}", len(y), "images", show_below=SHOW_BAR_FROM) as advance:
+        probs = np.concatenate([run.probabilities(x, progress=advance) for x in rows.xs])
     used, epoch = _checkpoint_used(Path(run_dir), checkpoint)
     ev = Evaluation(str(run_dir), ds.name, split, rows.described, rows.sizes, used, epoch, list(run.classes),
                     int(len(y)), notes=notes, **metrics(y, probs, run.classes))

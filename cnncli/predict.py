@@ -173,24 +173,34 @@ def _place(patch: np.ndarray, frame: tuple[int, int]) -> tuple[int, int]:
 
 def predict_files(run, files: list[Path], top_k: int = 3, invert: str = "auto") -> list[dict]:
     """One result per file, in order: {file, class, probability, top_k, note[, p1]} or {file, error}."""
+    from .console import task_progress
+
     results = []
-    for start in range(0, len(files), CHUNK):
-        chunk = files[start : start + CHUNK]
-        prepared: dict[int, Prepared] = {}
-        errors: dict[int, str] = {}
-        for i, f in enumerate(chunk):
-            try:
-                prepared[i] = prepare(f, run, invert)
-            except CnnError as e:
-                errors[i] = _without_path(str(e), f)
-        order = sorted(prepared)
-        probs = run.probabilities(np.stack([prepared[i].x for i in order])) if order else None
-        row_of = {i: r for r, i in enumerate(order)}
-        for i, f in enumerate(chunk):
-            if i in errors:
-                results.append({"file": str(f), "error": errors[i]})
-            else:
-                results.append(_result(run, f, probs[row_of[i]], prepared[i].notes, top_k))
+    with task_progress("classifying", len(files), "files", show_below=100) as advance:
+        for start in range(0, len(files), CHUNK):
+            results += _predict_chunk(run, files[start : start + CHUNK], top_k, invert, advance)
+    return results
+
+
+def _predict_chunk(run, chunk: list[Path], top_k: int, invert: str, advance) -> list[dict]:
+    """`predict_files` for at most CHUNK files: decode them all, predict the good ones in one batch."""
+    results = []
+    prepared: dict[int, Prepared] = {}
+    errors: dict[int, str] = {}
+    for i, f in enumerate(chunk):
+        try:
+            prepared[i] = prepare(f, run, invert)
+        except CnnError as e:
+            errors[i] = _without_path(str(e), f)
+        advance()  # decoding is the slow part of a folder of photos
+    order = sorted(prepared)
+    probs = run.probabilities(np.stack([prepared[i].x for i in order])) if order else None
+    row_of = {i: r for r, i in enumerate(order)}
+    for i, f in enumerate(chunk):
+        if i in errors:
+            results.append({"file": str(f), "error": errors[i]})
+        else:
+            results.append(_result(run, f, probs[row_of[i]], prepared[i].notes, top_k))
     return results
 
 

@@ -172,3 +172,24 @@ def test_explain_shows_the_file_as_drawn_and_the_map_over_it_in_grey(digits, tmp
     assert model_input.shape == (8, 8, 1) and r["note"] == "inverted, centred"
     with Image.open(tmp_path / "s.png") as im:
         assert im.format == "PNG"
+
+
+def test_slow_work_prints_plain_progress_lines_off_a_terminal(digits, tmp_path, monkeypatch, capsys):
+    import cnncli.console as console
+    from cnncli.evaluate import evaluate
+    from cnncli.predict import predict_files
+    from cnncli.train import load_run
+
+    with console.task_progress("quick", 3, "files") as advance:  # done within PLAIN_EVERY: silent
+        for _ in range(3):
+            advance()
+    assert capsys.readouterr().err == ""
+    monkeypatch.setattr(console, "PLAIN_EVERY", 0.0)  # as if every step took longer than that
+    evaluate(digits["run_dir"], write=False)
+    err = capsys.readouterr().err.splitlines()
+    assert [ln.split(",")[0] for ln in err] == ["scoring digits test: 256/359 images", "scoring digits test: 359/359 images"]
+    files = [digit_png(tmp_path / f"{i}.png", i) for i in range(3)]
+    predict_files(load_run(digits["run_dir"]), files)
+    assert [ln.split(",")[0] for ln in capsys.readouterr().err.splitlines()] == [
+        f"classifying: {i}/3 files" for i in (1, 2, 3)]
+    assert capsys.readouterr().out == ""  # stdout stays clean for tables and --json

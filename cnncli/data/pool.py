@@ -139,15 +139,7 @@ def _executor():
 
 
 def _progress(stack: ExitStack, label: str, total: int):
-    """A function advancing a Rich progress bar on stderr when it is a terminal, else a no-op."""
-    if not sys.stderr.isatty() or total < SERIAL_BELOW:
-        return lambda n: None
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+    """A function advancing the progress of `total` files: a bar on a terminal, plain lines elsewhere."""
+    from ..console import task_progress
 
-    bar = stack.enter_context(
-        Progress("{task.description}", BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                 console=Console(stderr=True), transient=True)
-    )
-    task = bar.add_task(label, total=total)
-    return lambda n: bar.advance(task, n)
+    return stack.enter_context(task_progress(label, total, "files", show_below=SERIAL_BELOW))
