@@ -94,7 +94,7 @@ def evaluate(run_dir, split: str | None = None, dataset: str | None = None, chec
     y, notes2 = _labels_in_model_order(rows.y, ds.classes, run.classes)
     notes += notes2
     with task_progress(f"scoring {ds.name} {split}", len(y), "images", show_below=SHOW_BAR_FROM) as advance:
-        probs = np.concatenate([run.probabilities(x, progress=advance) for x in rows.xs])
+        probs = np.concatenate([run.probabilities(x, progress=advance) for x in rows.xs])[rows.order]
     used, epoch = _checkpoint_used(Path(run_dir), checkpoint)
     ev = Evaluation(str(run_dir), ds.name, split, rows.described, rows.sizes, used, epoch, list(run.classes),
                     int(len(y)), notes=notes, **metrics(y, probs, run.classes))
@@ -111,28 +111,32 @@ def evaluate(run_dir, split: str | None = None, dataset: str | None = None, chec
 
 @dataclass
 class Rows:
-    """The images one evaluation scores: one or more splits of a data set, kept apart (no copy)."""
+    """The images one evaluation scores: one or more splits of a data set, kept apart (no copy).
 
-    xs: list  # uint8 arrays, one per split, in `splits` order
-    y: np.ndarray
-    splits: list[str]
-    files: list | None  # the file of each row, when the data set is read from files
+    Row i is image `order[i]` of the splits' images taken one split after the other."""
+
+    xs: list  # uint8 arrays, one per split
+    order: np.ndarray
+    y: np.ndarray  # per row, as are `split` and `files`
+    split: list[str]
+    files: list | None  # None unless the data set is read from files
     sizes: dict
     described: str
 
     def image(self, i: int) -> np.ndarray:
+        j = int(self.order[i])
         for x in self.xs:
-            if i < len(x):
-                return np.asarray(x[i])
-            i -= len(x)
+            if j < len(x):
+                return np.asarray(x[j])
+            j -= len(x)
         raise IndexError(i)
-
-    def split_of(self) -> list[str]:
-        return [s for s, x in zip(self.splits, self.xs) for _ in range(len(x))]
 
 
 def scored_rows(ds, split: str, own: bool = True) -> Rows:
-    """The rows of `split` ("all": every split there is) and a phrase saying which images they are."""
+    """The rows of `split` ("all": every split there is) and a phrase saying which images they are.
+
+    A plain folder that is not the run's own data set, scored whole, is one pool: its rows are in file
+    order and their split is "all" (the carve into train and test means nothing for it)."""
     names = [s for s in ("train", "val", "test") if getattr(ds, s) is not None and len(getattr(ds, s).y)]
     if split != "all":
         if split not in names:
@@ -141,19 +145,28 @@ def scored_rows(ds, split: str, own: bool = True) -> Rows:
         names = [split]
     parts = [getattr(ds, s) for s in names]
     files = [ds.files(s) for s in names]
+    files = None if any(f is None for f in files) else [f for fs in files for f in fs]
     sizes = {s: int(len(p.y)) for s, p in zip(names, parts)}
-    n = sum(sizes.values())
+    labels = [s for s, p in zip(names, parts) for _ in range(len(p.y))]
+    n = len(labels)
+    order = np.arange(n)
+    carved = str(ds.info.get("test_split", "")).startswith("carved")
+    if split == "all" and not own and carved:
+        sizes, labels = {"all": n}, ["all"] * n
+        if files is not None:
+            order = np.argsort(np.array(files, dtype=object), kind="stable")
     if split == "all":
         described = f"all {n:,} images" + (" (" + " + ".join(f"{s} {k:,}" for s, k in sizes.items()) + ")"
-                                            if len(sizes) > 1 and own else "")
-    elif split == "test" and str(ds.info.get("test_split", "")).startswith("carved"):
+                                            if len(sizes) > 1 else "")
+    elif split == "test" and carved:
         described = f"test split, {n:,} images ({ds.info['test_split']})"
     elif split == "val" and ds.info.get("val_split"):
         described = f"val split, {n:,} images ({ds.info['val_split']})"
     else:
         described = f"{split} split, {n:,} images"
-    return Rows([p.x for p in parts], np.concatenate([p.y for p in parts]), names,
-                None if any(f is None for f in files) else [f for fs in files for f in fs], sizes, described)
+    y = np.concatenate([p.y for p in parts])[order]
+    return Rows([p.x for p in parts], order, y, [labels[i] for i in order],
+                None if files is None else [files[i] for i in order], sizes, described)
 
 
 def write_predictions(path, rows: Rows, y: np.ndarray, probs: np.ndarray, classes: list[str]) -> Path:
@@ -164,8 +177,7 @@ def write_predictions(path, rows: Rows, y: np.ndarray, probs: np.ndarray, classe
 
     pred = probs.argmax(-1)
     fields = [f for f in PREDICTION_FIELDS if f != "file" or rows.files is not None]
-    split_of = rows.split_of()
-    out = [{"index": i, "split": split_of[i], "file": rows.files[i] if rows.files else None,
+    out = [{"index": i, "split": rows.split[i], "file": rows.files[i] if rows.files else None,
             "true": classes[y[i]], "predicted": classes[pred[i]], "probability": float(probs[i, pred[i]]),
             "correct": int(pred[i] == y[i])} for i in range(len(y))]
     write_text(path, csv_text(fields, out))
