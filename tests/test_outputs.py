@@ -193,3 +193,16 @@ def test_slow_work_prints_plain_progress_lines_off_a_terminal(digits, tmp_path, 
     assert [ln.split(",")[0] for ln in capsys.readouterr().err.splitlines()] == [
         f"classifying: {i}/3 files" for i in (1, 2, 3)]
     assert capsys.readouterr().out == ""  # stdout stays clean for tables and --json
+
+
+def test_bench_reports_each_timed_group_and_compare_the_time_left(monkeypatch):
+    import cnncli.compare as compare
+    from cnncli import bench
+
+    done = []
+    blocks = {name: (lambda steps: 0.1) for name in ("cnn", "torch")}
+    bench.interleave(blocks, repeats=3, steps=2, progress=lambda: done.append(1))
+    assert len(done) == 6  # the bar's total: repeats x frameworks
+    monkeypatch.setattr(compare.time, "monotonic", lambda: 100.0 + 90.0)  # 2 runs took 90 s in all
+    assert (compare._time_left(100.0, 0, 4), compare._time_left(100.0, 2, 4), compare._time_left(100.0, 2, 3)) == (
+        "", ", about 1.5 min left", ", about 45 s left")
