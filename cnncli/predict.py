@@ -6,7 +6,8 @@ a photo is first brought to the data set's look, the way both were made from bin
 ink on a black background (a dark digit on paper is inverted), the ink separated from the paper,
 cropped, scaled with area averaging so its longer side fills the data set's box (grey edges, as
 MNIST's anti-aliasing made them) and placed by centre of mass, as LeCun et al. prepared MNIST. Bad files give one error line each; the
-others still run.
+others still run. Probabilities are calibrated with the run's temperature, and a prediction below the
+run's unsure threshold says "unsure" (both chosen on its validation split, see calibrate.py).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import calibrate
 from .errors import CnnError
 
 DIGIT_CLASSES = [str(d) for d in range(10)]
@@ -195,6 +197,8 @@ def _predict_chunk(run, chunk: list[Path], top_k: int, invert: str, advance) -> 
         advance()  # decoding is the slow part of a folder of photos
     order = sorted(prepared)
     probs = run.probabilities(np.stack([prepared[i].x for i in order])) if order else None
+    if probs is not None and run.calibration:  # the temperature fitted on the validation split
+        probs = calibrate.apply(probs, run.calibration["temperature"])
     row_of = {i: r for r, i in enumerate(order)}
     for i, f in enumerate(chunk):
         if i in errors:
@@ -212,12 +216,14 @@ def _without_path(msg: str, f: Path) -> str:
 
 def _result(run, f: Path, p: np.ndarray, notes: list[str], top_k: int) -> dict:
     best = np.argsort(-p, kind="stable")[: max(1, min(top_k, len(p)))]
+    unsure = calibrate.is_unsure(float(p[best[0]]), run.calibration)  # None: the run chose no threshold
     out = {
         "file": str(f),
         "class": run.classes[int(best[0])],
         "probability": float(p[best[0]]),
         "top_k": [{"class": run.classes[int(i)], "probability": float(p[i])} for i in best],
-        "note": ", ".join(notes),
+        "unsure": unsure,
+        "note": ", ".join((["unsure"] if unsure else []) + notes),
     }
     if run.binary_head:  # the sigmoid's output, P(class 1), as the seed printed it: "0.902 -> dog"
         out["p1"] = float(p[1])

@@ -21,6 +21,7 @@ def predict(
     csv: Annotated[bool, typer.Option("--csv", help="Print CSV on stdout: file,class,probability,top_k,note,error.")] = False,
 ):
     """Classify images with a trained run; a bad file gets one error line and the others still run."""
+    from .. import calibrate
     from ..console import Out
     from ..predict import INVERT_CHOICES, collect_inputs, csv_text, describe, predict_files
     from ..train import latest_run, load_run
@@ -42,6 +43,8 @@ def predict(
         print(f"note: the model has {len(run.classes)} classes; showing all {len(run.classes)}, not top {top_k}",
               file=sys.stderr)
         top_k = len(run.classes)
+    if calibrate.is_unsure(0.0, run.calibration) is None:  # said once, not on every row
+        print(f"note: {calibrate.summary_line(run.calibration)}; no prediction is marked unsure", file=sys.stderr)
     results = predict_files(run, files, top_k=top_k, invert=invert)
     failed = [r for r in results if "error" in r]
     if json:

@@ -19,6 +19,8 @@ import numpy as np
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from ..calibrate import NO_VAL, calibrate, summary_line
+from ..calibrate import write as write_calibration
 from ..errors import CnnError
 from ..fsutil import write_json
 from ..tables import sig
@@ -52,8 +54,9 @@ def _order(seed: int, epoch: int, n: int) -> np.ndarray:
     return np.random.default_rng([seed, epoch]).permutation(n)
 
 
-def evaluate_arrays(eval_step, params, rest, mesh, x, y, batch_size: int):
-    """(loss, accuracy) over a whole split, in padded fixed-size batches."""
+def evaluate_arrays(eval_step, params, rest, mesh, x, y, batch_size: int, with_probs: bool = False):
+    """(loss, accuracy) over a whole split, in padded fixed-size batches; with `with_probs`, also the
+    class probabilities (N, K) as a third item (calibration fits its temperature on them)."""
     n = len(x)
     if n == 0:
         return float("nan"), float("nan")
@@ -69,8 +72,11 @@ def evaluate_arrays(eval_step, params, rest, mesh, x, y, batch_size: int):
             xb = np.concatenate([xb, np.zeros((pad, *xb.shape[1:]), xb.dtype)])
             yb = np.concatenate([yb, np.zeros(pad, np.int32)])
             w[m:] = 0.0
-        sums.append(eval_step(params, rest, put(mesh, xb), put(mesh, yb), put(mesh, w))[:2])
-    loss, correct = np.sum(jax.device_get(sums), axis=0, dtype=np.float64)  # one host sync per split
+        sums.append(eval_step(params, rest, put(mesh, xb), put(mesh, yb), put(mesh, w)))
+    sums = jax.device_get(sums)  # one host sync per split
+    loss, correct = np.sum([s[:2] for s in sums], axis=0, dtype=np.float64)
+    if with_probs:
+        return float(loss) / n, float(correct) / n, np.concatenate([s[2] for s in sums])[:n]
     return float(loss) / n, float(correct) / n
 
 
@@ -280,6 +286,8 @@ def fit(cfg: TrainConfig, progress: Progress, resume: Path | None = None) -> dic
     test_loss = test_acc = None
     if ds.test is not None and len(ds.test.y):
         test_loss, test_acc = evaluate_arrays(eval_step, best_params, best_state.rest, mesh, ds.test.x, ds.test.y, eval_bs)
+    calibration = _calibrate(eval_step, best_params, best_state.rest, mesh, ds, eval_bs, run_dir)
+    progress.note(summary_line(calibration))
     steady = [r["images_per_s"] for r in loop.history[1:]] or [r["images_per_s"] for r in loop.history]
     summary = {
         "run_dir": str(run_dir),
@@ -297,6 +305,8 @@ def fit(cfg: TrainConfig, progress: Progress, resume: Path | None = None) -> dic
         "wall_seconds": round(time.monotonic() - t_start, 2),
         "images_per_s": float(np.median(steady)),
         "parameters": int(sum(np.size(p) for p in jax.tree.leaves(best_params))),
+        "temperature": calibration["temperature"],
+        "unsure_below": calibration["unsure_below"],
     }
     write_json(run_dir / "metrics.json", summary)
     return summary
@@ -308,6 +318,18 @@ def _schedule_curve(lr_at, epochs: int, steps_per_epoch: int, points: int = 400)
     # Optax schedules are elementwise: one call for all the points (a constant rate is broadcast).
     lrs = np.broadcast_to(np.asarray(lr_at(jax.numpy.asarray(steps)), np.float64), steps.shape)
     return (steps + 1) / steps_per_epoch, lrs.tolist()
+
+
+def _calibrate(eval_step, params, rest, mesh, ds, batch_size: int, run_dir: Path) -> dict:
+    """Fit the temperature and the unsure threshold on the validation split (see calibrate.py) and
+    write calibration.json; without a validation split: temperature 1, no threshold."""
+    if ds.val is None or not len(ds.val.y):
+        record = dict(NO_VAL)
+    else:
+        probs = evaluate_arrays(eval_step, params, rest, mesh, ds.val.x, ds.val.y, batch_size, with_probs=True)[2]
+        record = calibrate(probs, ds.val.y)
+    write_calibration(run_dir, record)
+    return record
 
 
 # --time-budget times BUDGET_GROUPS groups of 2 steps after the compiling one and two warm-up ones (the

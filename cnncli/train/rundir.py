@@ -84,6 +84,7 @@ class Run:
     std: tuple
     tta_flip: bool = False  # predictions average the image and its mirror, as training's evaluation did
     tta_shift: int = 0  # and copies shifted by +-N px, as training's evaluation did
+    calibration: dict | None = None  # calibration.json (temperature, unsure threshold); None: none written
 
     def preprocess(self, x_uint8):
         """uint8 NHWC -> the float batch the model was trained on."""
@@ -121,6 +122,7 @@ class Run:
 
 def load_run(run_dir, which: str = "best") -> Run:
     """Rebuild the model from `config.json` and load `checkpoints/<which>` (falls back to `last`)."""
+    from .. import calibrate
     from ..models import abstract_model, get_arch
     from . import checkpoint
     from .step import split
@@ -148,7 +150,7 @@ def load_run(run_dir, which: str = "best") -> Run:
     return Run(run_dir, cfg, model, list(data["classes"]), tuple(data["input_shape"]),
                get_arch(cfg["arch"]).binary_head and len(data["classes"]) == 2,
                tuple(data["mean"]), tuple(data["std"]), bool(cfg.get("tta_flip")),
-               int(cfg.get("tta_shift") or 0))
+               int(cfg.get("tta_shift") or 0), calibrate.read(run_dir))
 
 
 def _sub(arrays: dict, prefix: str) -> dict:
