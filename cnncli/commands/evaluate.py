@@ -24,6 +24,8 @@ def evaluate(
     min_accuracy: Annotated[Optional[float], typer.Option(
         help="Exit with code 1 when accuracy is below this (CI gate).")] = None,
     out: Annotated[str, typer.Option(help="Parent folder of run directories, to find the newest.")] = "runs/train",
+    reframe: Annotated[bool, typer.Option("--reframe", help="Score the split's photos re-framed (padded, cropped, "
+                                          "rotated, ...): accuracy per kind against the plain split's.")] = False,
     json: Json = False,
 ):
     """Loss, accuracy, classification report and confusion matrix of a run on a split of a data set.
@@ -37,6 +39,8 @@ def evaluate(
     from ..train import latest_run
 
     o = Out(json=json)
+    if reframe:
+        return _print_reframe(o, run_dir or latest_run(out), split or "test", dataset, checkpoint, json)
     ev = evaluate_run(run_dir or latest_run(out), split, dataset, checkpoint, predictions=predictions,
                       mistakes=mistakes)
     for note in ev.notes:
@@ -55,3 +59,26 @@ def evaluate(
     if min_accuracy is not None and ev.accuracy < min_accuracy:
         print(f"accuracy {ev.accuracy:.4f} is below --min-accuracy {min_accuracy}", file=sys.stderr)
         raise typer.Exit(1)
+
+
+def _print_reframe(o, run_dir, split, dataset, checkpoint, json_out) -> None:
+    """`cnn evaluate --reframe`: one row per kind of re-framing (see cnncli/reframe.py)."""
+    from ..errors import CnnError
+    from ..reframe import reframe_run
+
+    if dataset is not None:
+        raise CnnError("--reframe re-frames the run's own split; drop --dataset")
+    r = reframe_run(run_dir, split, checkpoint=checkpoint)
+    for note in r["notes"]:
+        o.print(f"note: {note}")
+    if json_out:
+        o.emit_json(r)
+        return
+    unsure = "unsure_share" in r["rows"][0]
+    rows = [[x["kind"], x["description"], x["n"], f"{100 * x['accuracy']:.2f}%", f"{100 * x['error']:.2f}%",
+             f"{100 * x['error_vs_plain']:+.2f}", "" if x["error_ratio"] is None else f"{x['error_ratio']:.2f}x"]
+            + ([f"{100 * x['unsure_share']:.1f}%"] if unsure else []) for x in r["rows"]]
+    o.table(f"{r['run_dir']}: {r['dataset']} {r['split']} split re-framed ({r['images']})",
+            ["kind", "re-framing", "images", "accuracy", "error", "vs plain (points)", "error ratio"]
+            + (["unsure"] if unsure else []), rows, justify_numbers=False)
+    o.print("wrote " + ", ".join(r["files"].values()))

@@ -21,7 +21,7 @@ import numpy as np
 from ..errors import CnnError
 from . import cache
 from .registry import DatasetSpec, get_spec
-from .sources import FileItems, Source, locate, raise_not_found
+from .sources import FileItems, Part, Source, locate, raise_not_found
 from .splits import balanced_subset, channel_stats, class_counts, stratified_split, stratified_subset
 
 
@@ -105,6 +105,22 @@ def load_dataset(
         else:
             store = _CachedStore(build_entry(source, spec, key, prep, image_size))
     return _assemble(spec, store, val_split, limit, balance, seed, source)
+
+
+def source_split(name_or_path: str, split: str, *, data_dir=None, val_split: float = 0.0, limit: int | None = None,
+                 balance: bool = False, seed: int = 0) -> Part | None:
+    """The items `load_dataset` with these arguments picks for `split`, undecoded (labels, and each item
+    readable at its own size with `items.native`); None when the source files are not on this machine."""
+    spec = get_spec(name_or_path)
+    source = locate(spec, data_dir)
+    if source is None:
+        return None
+    labels = {s: p.y for s, p in source.parts.items()}
+    picks, _ = _pick(labels, val_split, limit, balance, seed, len(source.classes))
+    if split not in picks:
+        return None
+    base, ids = picks[split]
+    return source.parts[base].take(ids)
 
 
 def build_entry(source: Source, spec: DatasetSpec, key: str, prep: dict, image_size) -> cache.Entry:
