@@ -39,8 +39,9 @@ def train(
     image_size: Annotated[Optional[int], Opt(help="Side in pixels photos are resized to (default 128).")] = None,
     limit: Limit = None,
     balance: Annotated[Optional[bool], Opt("--balance/--no-balance", help="Undersample to the smallest class.")] = None,
-    augment: Annotated[Optional[str], Opt(help="none or a list of flip,shift,crop,rotate,zoom,color (on device); "
-                                               "crop:N pads N px (default 4).")] = None,
+    augment: Annotated[Optional[str], Opt(help="none or a list of flip,shift,crop,rrc,rotate,zoom,color (on device); "
+                                               "crop:N pads N px (default 4); rrc:S random-resized crops of S to 100% "
+                                               "of the area (default 0.25).")] = None,
     normalize: Annotated[Optional[str], Opt(help="unit (x/255) or standard (per-channel mean/std).")] = None,
     early_stopping: Annotated[Optional[int], Opt(help="Stop after N epochs without improvement; restores the best.")] = None,
     monitor: Annotated[Optional[str], Opt(help="val_accuracy or val_loss: what 'best' means.")] = None,
@@ -50,6 +51,8 @@ def train(
     tta_flip: Annotated[Optional[bool], Opt("--tta-flip/--no-tta-flip",
                                             help="Average predictions with the mirror image.")] = None,
     tta_shift: Annotated[Optional[int], Opt(help="Also average over copies shifted by +-N pixels (0 = off).")] = None,
+    tta_scales: Annotated[Optional[str], Opt(help="Also average over views at these shares of the side: 0.8 = the "
+                                                  "central 80% enlarged, 1.25 = shrunk in a border.")] = None,
     seed: Annotated[Optional[int], Opt(help="Seed for weights, data order, augmentation and dropout.")] = None,
     precision: Annotated[Optional[str], Opt(help="fp32 or bf16 (mixed: fp32 master weights).")] = None,
     data_dir: DataDir = None,

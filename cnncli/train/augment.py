@@ -12,7 +12,9 @@ import math
 import jax
 import jax.numpy as jnp
 
-from .config import crop_pad
+from .config import crop_pad, rrc_min_scale
+
+RRC_RATIO = (3 / 4, 4 / 3)  # rrc's crop aspect ratios (width / height), drawn log-uniform as torchvision's
 
 
 def to_unit(x):
@@ -42,6 +44,9 @@ def augment(key, x, ops: tuple[str, ...]):
     - shift: translate up to 10% of the side (Keras' width/height_shift_range=0.1), zero fill.
     - crop: pad 4 px (reflect) and crop back at a random place, the standard CIFAR recipe; crop:N
       pads N px (airbench's 2 suits schedules of a few epochs, which underfit).
+    - rrc: random-resized crop (Inception's, torchvision's RandomResizedCrop): a box of 25% to 100% of
+      the area (rrc:S: S to 100%) and aspect ratio 3:4 to 4:3, resized back to the full image; the
+      subject is seen at many sizes and places, as other people's photos frame it.
     - rotate: up to +-10 degrees; zoom: scale in [0.9, 1.1]; both with bilinear resampling.
     - color: brightness +-0.2 and contrast in [0.8, 1.2].
     """
@@ -49,6 +54,9 @@ def augment(key, x, ops: tuple[str, ...]):
         return x
     n, h, w, c = x.shape
     k_flip, k_crop, k_aff, k_col = jax.random.split(key, 4)
+    min_scale = rrc_min_scale(ops)
+    if min_scale is not None:  # its own stream: the other ops draw what they drew before rrc existed
+        x = resized_crops(x, rrc_boxes(jax.random.fold_in(key, 5), n, h, w, min_scale))
     pad = crop_pad(ops)
     if pad:
         xp = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)), mode="reflect")
@@ -89,3 +97,52 @@ def _affine(key, x, shift: float, angle: float, zoom: float):
         return jnp.stack(chans, axis=-1)
 
     return jax.vmap(warp)(x, theta, scale, t)
+
+
+def rrc_boxes(key, n: int, h: int, w: int, min_scale: float, ratio=RRC_RATIO):
+    """(n, 4) boxes (top, left, height, width), in pixels and fractional, inside an h x w image: area share
+    uniform in [min_scale, 1], aspect ratio log-uniform in `ratio`, position uniform. A box that would
+    stick out is clipped to the image (torchvision redraws it up to 10 times instead: branches a jitted
+    step cannot take)."""
+    ka, kr, ky, kx = jax.random.split(key, 4)
+    area = jax.random.uniform(ka, (n,), minval=min_scale, maxval=1.0) * (h * w)
+    r = jnp.exp(jax.random.uniform(kr, (n,), minval=math.log(ratio[0]), maxval=math.log(ratio[1])))
+    bw, bh = jnp.minimum(jnp.sqrt(area * r), w), jnp.minimum(jnp.sqrt(area / r), h)
+    top, left = jax.random.uniform(ky, (n,)) * (h - bh), jax.random.uniform(kx, (n,)) * (w - bw)
+    return jnp.stack([top, left, bh, bw], -1)
+
+
+def resized_crops(x, boxes):
+    """Each image's box (top, left, height, width) resized bilinearly to the image's own size.
+
+    Separable: whole rows are gathered and blended, then columns, each output pixel a blend of two
+    neighbours per axis. Gathering rows and columns ran 3x faster on the 2-core CPU than the same
+    resize as two batched matrix products with (size x size) weight matrices (36 against 105 ms for
+    64 photos of 128x128 on a busy host)."""
+    n, h, w, c = x.shape
+    ylo, yhi, fy = jax.vmap(lambda b: _taps(b[0], b[2], h))(boxes)  # (n, h) each
+    xlo, xhi, fx = jax.vmap(lambda b: _taps(b[1], b[3], w))(boxes)  # (n, w) each
+
+    def rows(idx):
+        return jnp.take_along_axis(x, idx[:, :, None, None], axis=1)
+
+    fy = fy[:, :, None, None]
+    x = rows(ylo) * (1 - fy) + rows(yhi) * fy
+
+    def cols(idx):
+        return jnp.take_along_axis(x, idx[:, None, :, None], axis=2)
+
+    fx = fx[:, None, :, None]
+    return cols(xlo) * (1 - fx) + cols(xhi) * fx
+
+
+def _taps(start, length, size: int):
+    """(lower neighbour, upper neighbour, weight of the upper) of `size` pixel centres sampling
+    [start, start + length) of an axis (half-pixel convention, as jax.image.resize); positions are
+    clamped to the box, so this resizes the box alone."""
+    pos = start + (jnp.arange(size, dtype=jnp.float32) + 0.5) * (length / size) - 0.5
+    pos = jnp.clip(pos, start, jnp.maximum(start, start + length - 1))
+    lo = jnp.floor(pos)
+    frac = pos - lo
+    lo = lo.astype(jnp.int32)
+    return lo, jnp.minimum(lo + 1, size - 1), frac

@@ -13,7 +13,8 @@ from ..errors import CnnError
 
 OPTIMIZERS = ("adam", "rmsprop", "sgd", "adadelta", "adagrad", "adamw", "nadam")
 SCHEDULES = ("constant", "cosine", "onecycle")
-AUGMENTS = ("flip", "altflip", "shift", "crop", "rotate", "zoom", "color")
+AUGMENTS = ("flip", "altflip", "shift", "crop", "rrc", "rotate", "zoom", "color")
+RRC_MIN_SCALE = 0.25  # rrc's default smallest crop, as a share of the image's area
 
 
 @dataclass
@@ -51,6 +52,7 @@ class TrainConfig:
     lookahead: bool = False  # airbench's Lookahead: every 5 steps, the weights move to their EMA
     tta_flip: bool = False  # evaluate on the image and its mirror, averaged
     tta_shift: int = 0  # also on copies shifted by +-N px along each axis (reflect-padded); 0: off
+    tta_scales: str = ""  # also on views at these shares of the side, e.g. "0.8,1.25" (step.zoomed_view); "": off
     init_from: str | None = None
     freeze: str | None = None  # "features": train only the classifier head
     recipe: str | None = None
@@ -67,8 +69,13 @@ class TrainConfig:
             name, _, size = a.partition(":")
             if name not in AUGMENTS:
                 raise CnnError(f"unknown augmentation {a!r}; choose from {', '.join(AUGMENTS)} or 'none'")
-            if size and not (name == "crop" and size.isdigit() and int(size) >= 1):
-                raise CnnError(f"bad augmentation {a!r}: only crop takes a size (crop:N, N >= 1 pixels)")
+            if name == "rrc" and size:
+                if not _fraction(size):
+                    raise CnnError(f"bad augmentation {a!r}: rrc:S takes the smallest crop's share of the area, "
+                                   f"0 < S <= 1")
+            elif size and not (name == "crop" and size.isdigit() and int(size) >= 1):
+                raise CnnError(f"bad augmentation {a!r}: only crop takes a size (crop:N, N >= 1 pixels), "
+                               f"and rrc an area share (rrc:S)")
         if self.time_budget < 0:
             raise CnnError("--time-budget is in minutes; 0 turns it off")
         if self.epochs < 1 or self.batch_size < 1:
@@ -87,6 +94,7 @@ class TrainConfig:
             raise CnnError("--bn-bias-lr must be a positive multiplier of the learning rate")
         if self.tta_shift < 0:
             raise CnnError("--tta-shift must be 0 (off) or a number of pixels")
+        scale_list(self.tta_scales)  # raises on a bad list
         if self.freeze not in (None, "features"):
             raise CnnError("--freeze takes 'features'")
         if self.freeze and not self.init_from:
@@ -114,6 +122,40 @@ def crop_pad(ops) -> int:
         if name == "crop":
             return int(size) if size else 4
     return 0
+
+
+def scale_list(spec: str | None) -> tuple[float, ...]:
+    """--tta-scales as numbers: a comma list of shares of the side, each in [0.25, 2] and not 1."""
+    out = []
+    for part in (spec or "").split(","):
+        if not part.strip():
+            continue
+        try:
+            v = float(part)
+        except ValueError:
+            v = -1.0
+        if not (0.25 <= v <= 2.0) or v == 1.0:
+            raise CnnError(f"--tta-scales takes shares of the side in [0.25, 2] other than 1 "
+                           f"(0.8: the central 80% enlarged; 1.25: the image shrunk in a border), not {part.strip()!r}")
+        out.append(v)
+    return tuple(out)
+
+
+def rrc_min_scale(ops) -> float | None:
+    """The smallest area share of the random-resized crop of `ops` (RRC_MIN_SCALE for "rrc", S for "rrc:S"),
+    None without one."""
+    for op in ops:
+        name, _, size = op.partition(":")
+        if name == "rrc":
+            return float(size) if size else RRC_MIN_SCALE
+    return None
+
+
+def _fraction(text: str) -> bool:
+    try:
+        return 0.0 < float(text) <= 1.0
+    except ValueError:
+        return False
 
 
 def resolve(overrides: dict, recipe: dict | None = None) -> TrainConfig:

@@ -25,7 +25,7 @@ from ..errors import CnnError
 from ..fsutil import write_json
 from ..tables import sig
 from . import checkpoint, rundir
-from .config import TrainConfig, augment_list, crop_pad
+from .config import TrainConfig, augment_list, crop_pad, scale_list
 from .optim import DEFAULT_LR, learning_rate, make_optimizer, norm_bias_mask
 from .feed import Feeder, mesh as make_mesh, put
 from .logs import EpochLog
@@ -138,7 +138,7 @@ def fit(cfg: TrainConfig, progress: Progress, resume: Path | None = None) -> dic
 
     trainable = None
     if cfg.init_from:
-        params, rest, note = _init_from(cfg.init_from, params, rest)
+        params, rest, note = _init_from(cfg.init_from, params, rest, ds.classes, binary)
         progress.note(note)
         if cfg.freeze == "features":
             trainable = _head_mask(params)
@@ -189,7 +189,7 @@ def fit(cfg: TrainConfig, progress: Progress, resume: Path | None = None) -> dic
     state = jax.device_put(state, replicated)
     loop.train_seconds += calibration_seconds  # timing the step is part of training
     eval_step = make_eval_step(geval, binary=binary, mean=mean, std=std, tta_flip=cfg.tta_flip,
-                                tta_shift=cfg.tta_shift)
+                                tta_shift=cfg.tta_shift, tta_scales=scale_list(cfg.tta_scales))
     lr_at = learning_rate(cfg, steps_per_epoch)
     lr_at = lr_at if callable(lr_at) else (lambda _s, v=lr_at: v)
     eval_bs = max(256, bs)
@@ -420,33 +420,74 @@ def _improved(monitor: str, row: dict, best) -> bool:
     return v > best if monitor == "val_accuracy" else v < best
 
 
-def _init_from(src: str, params, rest):
-    """Copy every layer whose path and shape match from another run (transfer learning)."""
+def _init_from(src: str, params, rest, classes=None, binary: bool = False):
+    """Copy every layer whose path and shape match from another run (transfer learning). A classifier
+    head of another size starts from the source head's rows of the same class names when it has them
+    all (CIFAR-10's cat and dog rows for cats vs dogs; see `head_rows`), else it is re-initialised."""
     src_dir = Path(src)
     meta, arrays = checkpoint.load(src_dir / "checkpoints" / "best.msgpack"
                                    if (src_dir / "checkpoints" / "best.msgpack").exists()
                                    else src_dir / "checkpoints" / "last.msgpack")
+    weights = "ema" if meta.get("use_ema") else "params"  # what the source run evaluated and kept
     copied, fresh = 0, []
 
-    def take(prefix, tree):
+    def take(prefix, tree, source_prefix):
         nonlocal copied
         flat = checkpoint.flatten(tree)
         for k, v in flat.items():
-            src_v = arrays.get(f"{prefix}/{k}")
+            src_v = arrays.get(f"{source_prefix}/{k}")
             if src_v is not None and src_v.shape == v.shape:
                 flat[k] = src_v
                 copied += 1
             elif prefix == "params":
                 fresh.append(k)
+        if prefix == "params" and classes is not None:
+            fresh[:] = _head_by_class(flat, fresh, arrays, source_prefix, src_dir, list(classes), binary)
         return checkpoint.unflatten_into(tree, flat, src)
 
-    params, rest = take("params", params), take("rest", rest)
+    params, rest = take("params", params, weights), take("rest", rest, "rest")
     if not copied:
         raise CnnError(f"nothing in {src} matches this architecture; --init-from needs a run of the same arch")
     note = f"initialised from {src}: {copied} arrays copied"
     if fresh:
         note += f"; re-initialised: {', '.join(sorted(set(k.rsplit('/', 1)[0] for k in fresh)))}"
     return params, rest, note
+
+
+def _head_by_class(flat: dict, fresh: list, arrays: dict, prefix: str, src_dir: Path, classes, binary: bool) -> list:
+    """Fill the re-initialised head (weight and bias of the last layer) from the source head's rows of
+    the same classes, in place; returns what is still fresh."""
+    head = [k for k in fresh if k.rsplit("/", 1)[-1] in ("weight", "bias")]
+    layers = {k.rsplit("/", 1)[0] for k in head}
+    last = max(flat, key=_layer_key)  # a key of the last layer with parameters
+    if len(layers) != 1 or last.rsplit("/", 1)[0] not in layers:
+        return fresh
+    try:
+        src_classes = [c.lower() for c in rundir.read_config(src_dir)["data"]["classes"]]
+        rows = [src_classes.index(c.lower()) for c in classes]
+    except (CnnError, KeyError, ValueError):
+        return fresh  # classes the source never had: nothing to start from
+    filled = []
+    for k in head:
+        src_v = arrays.get(f"{prefix}/{k}")
+        if src_v is None:
+            continue
+        v = head_rows(src_v, rows, binary)
+        if v.shape == flat[k].shape:
+            flat[k], filled = v.astype(flat[k].dtype), filled + [k]
+    return fresh if len(filled) != len(head) else [k for k in fresh if k not in filled]
+
+
+def head_rows(source, rows: list[int], binary: bool):
+    """A head's weight (out, in) or bias (out,) for classes `rows` of the source head's outputs. A one-unit
+    sigmoid head for two classes gets row b - row a: sigmoid(z_b - z_a) is the source's softmax over
+    just those two classes."""
+    source = np.asarray(source)
+    return (source[rows[1]] - source[rows[0]])[None] if binary else source[rows]
+
+
+def _layer_key(path: str):
+    return tuple(int(p) if p.isdigit() else p for p in path.split("/")[:-1])
 
 
 def _head_mask(params):
@@ -456,8 +497,7 @@ def _head_mask(params):
     parameters live under `layers/<index>/`.
     """
     def layer_of(path):
-        parts = checkpoint.path_str(path).split("/")[:-1]
-        return tuple(int(p) if p.isdigit() else p for p in parts)
+        return _layer_key(checkpoint.path_str(path))
 
     head = max(layer_of(p) for p, _ in jax.tree_util.tree_flatten_with_path(params)[0])
     return jax.tree_util.tree_map_with_path(lambda p, _: layer_of(p) == head, params)

@@ -84,6 +84,7 @@ class Run:
     std: tuple
     tta_flip: bool = False  # predictions average the image and its mirror, as training's evaluation did
     tta_shift: int = 0  # and copies shifted by +-N px, as training's evaluation did
+    tta_scales: tuple = ()  # and views at these shares of the side, as training's evaluation did
     calibration: dict | None = None  # calibration.json (temperature, unsure threshold); None: none written
 
     def preprocess(self, x_uint8):
@@ -104,7 +105,7 @@ class Run:
             self.model.eval()
             self._state = (params, rest)
             self._eval = make_eval_step(geval, binary=self.binary_head, mean=self.mean, std=self.std,
-                                        tta_flip=self.tta_flip, tta_shift=self.tta_shift)
+                                        tta_flip=self.tta_flip, tta_shift=self.tta_shift, tta_scales=self.tta_scales)
         out = []
         n = len(x_uint8)
         for i in range(0, n, batch_size):
@@ -125,6 +126,7 @@ def load_run(run_dir, which: str = "best") -> Run:
     from .. import calibrate
     from ..models import abstract_model, get_arch
     from . import checkpoint
+    from .config import scale_list
     from .step import split
 
     run_dir = Path(run_dir)
@@ -150,7 +152,7 @@ def load_run(run_dir, which: str = "best") -> Run:
     return Run(run_dir, cfg, model, list(data["classes"]), tuple(data["input_shape"]),
                get_arch(cfg["arch"]).binary_head and len(data["classes"]) == 2,
                tuple(data["mean"]), tuple(data["std"]), bool(cfg.get("tta_flip")),
-               int(cfg.get("tta_shift") or 0), calibrate.read(run_dir))
+               int(cfg.get("tta_shift") or 0), scale_list(cfg.get("tta_scales")), calibrate.read(run_dir))
 
 
 def _sub(arrays: dict, prefix: str) -> dict:

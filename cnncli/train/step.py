@@ -108,22 +108,39 @@ def make_train_step(gtrain, tx, *, binary, mean, std, augment_ops=(), smoothing=
     return jax.jit(gather_fn, donate_argnums=(0, 1)) if gather else jax.jit(step_fn, donate_argnums=(0, 1))
 
 
-def tta_views(x, flip: bool, shift: int) -> list:
+def tta_views(x, flip: bool, shift: int, scales=()) -> list:
     """The test-time views of an NHWC batch: the image, copies shifted by +-`shift` px along each
-    axis (edges reflected, as a crop of a slightly larger photo would show them), and with `flip`
-    the mirror of each. AlexNet averaged 10 such views (5 crops, mirrored) for the same reason."""
+    axis (edges reflected, as a crop of a slightly larger photo would show them), one view per share
+    of `scales` (see zoomed_view), and with `flip` the mirror of each. AlexNet averaged 10 such views
+    (5 crops, mirrored) for the same reason."""
     views = [x]
     if shift:
         h, w = x.shape[1:3]
         pad = jnp.pad(x, ((0, 0), (shift, shift), (shift, shift), (0, 0)), mode="reflect")
         for dy, dx in ((-shift, 0), (shift, 0), (0, -shift), (0, shift)):
             views.append(pad[:, shift + dy : shift + dy + h, shift + dx : shift + dx + w])
+    views += [zoomed_view(x, s) for s in scales]
     if flip:
         views += [v[:, :, ::-1, :] for v in views]
     return views
 
 
-def make_eval_step(geval, *, binary, mean, std, tta_flip=False, tta_shift=0):
+def zoomed_view(x, share: float):
+    """The image seen at another scale, at its own size: share < 1 shows the central `share` of each
+    side enlarged (a subject small in its photo grows), share > 1 the whole image shrunk inside a
+    reflected border of (share - 1) / 2 of the side each way (a close-up's subject shrinks)."""
+    n, h, w, c = x.shape
+    if share < 1:
+        ch, cw = max(1, round(h * share)), max(1, round(w * share))
+        top, left = (h - ch) // 2, (w - cw) // 2
+        x = x[:, top : top + ch, left : left + cw]
+    else:
+        ph, pw = round(h * (share - 1) / 2), round(w * (share - 1) / 2)
+        x = jnp.pad(x, ((0, 0), (ph, ph), (pw, pw), (0, 0)), mode="reflect")
+    return jax.image.resize(x, (n, h, w, c), "bilinear", antialias=True)
+
+
+def make_eval_step(geval, *, binary, mean, std, tta_flip=False, tta_shift=0, tta_scales=()):
     """eval(params, rest, x_uint8, y, weight) -> (loss_sum, correct, probs). Padding rows have weight 0."""
 
     def chunk_fn(params, rest, x, y):
@@ -132,7 +149,7 @@ def make_eval_step(geval, *, binary, mean, std, tta_flip=False, tta_shift=0):
         logits = model(x)
         probs = probabilities(logits, binary)
         losses = per_example_loss(logits, y, binary)[0]
-        views = tta_views(x, tta_flip, tta_shift)[1:]
+        views = tta_views(x, tta_flip, tta_shift, tta_scales)[1:]
         if views:  # average the probabilities over the test-time views (see tta_views)
             probs = (probs + sum(probabilities(model(v), binary) for v in views)) / (1 + len(views))
             losses = -jnp.log(jnp.clip(jnp.take_along_axis(probs, y[:, None], 1)[:, 0], 1e-7, 1.0))
