@@ -20,7 +20,10 @@ def recipes(json: Json = False):
     if json:
         o.emit_json(RECIPES)
         return
-    rows = [[name, r["description"], r["expected"], " ".join(_flag(k, v) for k, v in r["options"].items())]
+    rows = [[name, r["description"], r["expected"], r["machine"], " ".join(_flag(k, v) for k, v in r["options"].items())]
             for name, r in RECIPES.items()]
     o.table("recipes (every option can still be overridden on the command line)",
-            ["recipe", "goal", "measured on a 2-core CPU", "options"], rows, justify_numbers=False)
+            ["recipe", "goal", "measured", "machine", "options"], rows, justify_numbers=False)
+    on_test = [name for name, r in RECIPES.items() if r["chosen_on"].startswith("test")]
+    if on_test:
+        o.print(f"chosen on the test split (val_split 0, before choices moved to a validation split): {', '.join(on_test)}")
