@@ -20,6 +20,10 @@ if SHARED_DATA.is_dir():
     os.environ["CNN_DATA_DIR"] = str(SHARED_DATA)
 # Test data sets never land in the user's own cache: the clone's, as in CI (.gitignored).
 os.environ.setdefault("CNN_CACHE_DIR", str(REPO / ".cache" / "cnn"))
+# Layers run as XLA's plain ops unless a test turns the tuner on: measuring every tiny shape the
+# suite meets would cost minutes and make what runs depend on the machine's load. Every candidate
+# is tested against the plain op (test_layers.py) and the tuner itself in test_tuner.py.
+os.environ.setdefault("CNN_TUNE", "0")
 
 
 @pytest.fixture

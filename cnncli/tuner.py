@@ -1,0 +1,224 @@
+"""Which formulation of an op runs: decided by timing the candidates on this machine, once.
+
+The model code asks `choose(op, key, candidates, make_inputs)` while it is traced. The first time a
+(host, op, key) is seen, each candidate is compiled and timed on inputs of that shape and dtype, the
+fastest is kept, and the choice is written to one versioned JSON file under the cache dir. Every
+later trace, in this process or another (train, evaluate, predict, bench), reads it back. cuDNN's
+benchmark mode and XLA's GPU autotuner work the same way.
+
+Why measure instead of a rule: the same formulation won by 1.2-2x on an AVX2 EPYC and lost by as
+much on an AVX-512/AMX Xeon (issue #29); what XLA:CPU hands to which library, and how fast that
+library is, changes with the CPU and the jaxlib version, both part of the key.
+
+The first candidate of every op is XLA's plain op: it is what runs when measuring is off
+(`CNN_TUNE=0`), in a multi-process job (every process must compile the same program, and their
+measurements could disagree), when every other candidate fails, or under `plain()` (export, FLOP
+counting).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+VERSION = 1
+# Per candidate: timed calls after the compiling one, stopping early once this many seconds went.
+REPEATS, BUDGET_S = 7, 0.25
+FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "amx_tile", "amx_bf16", "amx_int8", "asimd", "sve")
+
+_table: dict | None = None  # key -> {"choice": name, "ms": {name: ms}} for this host
+_plain = 0
+_retune = False
+_noted = False
+_measured: list[tuple[str, str, float]] = []  # (op key, choice, seconds spent), this process
+_fresh: set[str] = set()  # keys measured by this process (a retune measures each once)
+
+
+def cpu_flags(cpuinfo: str | None = None) -> tuple[str, dict]:
+    """(model name, {field: value}) of the first CPU in /proc/cpuinfo; ('', {}) where there is none."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:  # not Linux
+            cpuinfo = ""
+    fields: dict[str, str] = {}
+    for line in cpuinfo.splitlines():  # one block per logical CPU; the first one's values
+        key, colon, value = line.partition(":")
+        if colon:
+            fields.setdefault(key.strip(), value.strip())
+    return fields.get("model name", ""), fields
+
+
+def host(cpuinfo: str | None = None) -> dict:
+    """What decides which formulation is fastest: CPU model and ISA, cores, jax, XLA's flags."""
+    import platform
+
+    import jax
+    import jaxlib
+
+    model, fields = cpu_flags(cpuinfo)
+    flags = set((fields.get("flags") or fields.get("Features") or "").split())
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return dict(cpu=model or platform.processor() or platform.machine(), isa=sorted(flags & set(FLAGS)),
+                cores=cores, backend=jax.default_backend(), jax=jax.__version__, jaxlib=jaxlib.__version__,
+                xla_flags=os.environ.get("XLA_FLAGS", ""), tuner=VERSION)
+
+
+def host_id(h: dict) -> str:
+    return hashlib.sha1(json.dumps(h, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def path() -> Path:
+    from .data.cache import cache_root
+
+    return cache_root() / "tuning.json"
+
+
+def _note(msg: str) -> None:
+    sys.stderr.write(msg + "\n")
+    sys.stderr.flush()
+
+
+def _read_file() -> dict:
+    """The whole file, {"version": 1, "hosts": {id: {"host": {...}, "ops": {...}}}}; empty if absent.
+    A file that cannot be read or parsed is measured again, with a note, never fatal."""
+    p = path()
+    try:
+        doc = json.loads(p.read_text())
+        if not (isinstance(doc, dict) and doc.get("version") == VERSION and isinstance(doc.get("hosts"), dict)):
+            raise ValueError("not a version-%d tuning table" % VERSION)
+        return doc
+    except FileNotFoundError:
+        return {"version": VERSION, "hosts": {}}
+    except (OSError, ValueError) as e:
+        _note(f"note: tuning cache {p} unreadable ({e}); measuring again")
+        return {"version": VERSION, "hosts": {}}
+
+
+def _load() -> dict:
+    global _table
+    if _table is None:
+        entry = _read_file()["hosts"].get(host_id(host()), {})
+        ops = entry.get("ops") if isinstance(entry, dict) else None
+        _table = {k: v for k, v in (ops or {}).items() if isinstance(v, dict) and isinstance(v.get("choice"), str)}
+    return _table
+
+
+def _save(key: str, record: dict) -> None:
+    """Merge one choice into the file (re-read first: another process may have added its own)."""
+    from .fsutil import write_json
+
+    h = host()
+    doc = _read_file()
+    entry = doc["hosts"].setdefault(host_id(h), {"host": h, "ops": {}})
+    entry.setdefault("ops", {})[key] = record
+    try:
+        write_json(path(), doc)
+    except OSError as e:  # a read-only cache: the choice holds for this process only
+        _note(f"note: could not write the tuning cache {path()} ({e.strerror or e})")
+
+
+@contextlib.contextmanager
+def plain():
+    """Every op as XLA's plain op (the first candidate), e.g. for export or for counting FLOPs."""
+    global _plain
+    _plain += 1
+    try:
+        yield
+    finally:
+        _plain -= 1
+
+
+def is_plain() -> bool:
+    return _plain > 0
+
+
+def retune(on: bool = True) -> None:
+    """Measure every op met from now on again, replacing this host's cached choices (`--tune`)."""
+    global _retune
+    _retune = on
+
+
+def measured() -> list[tuple[str, str, float]]:
+    """(op key, chosen candidate, seconds spent measuring) for what this process measured."""
+    return list(_measured)
+
+
+def _enabled() -> bool:
+    if os.environ.get("CNN_TUNE", "1") == "0":
+        return False
+    import jax
+
+    return jax.process_count() == 1
+
+
+def _time(fn, args) -> float:
+    """Median seconds of `fn(*args)` after one compiling call."""
+    import jax
+
+    jax.block_until_ready(fn(*args))
+    times: list[float] = []
+    start = time.perf_counter()
+    while len(times) < REPEATS and (len(times) < 3 or time.perf_counter() - start < BUDGET_S):
+        t = time.perf_counter()
+        jax.block_until_ready(fn(*args))
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def choose(op: str, key: tuple, candidates: dict, make_inputs) -> str:
+    """The name of the fastest of `candidates` (name -> function of the inputs) for `key`.
+
+    `make_inputs()` returns the arrays to time them on (shapes and dtypes as in the real call).
+    The first name is XLA's plain op, the fallback. Called at trace time: the timing runs eagerly
+    (`ensure_compile_time_eval`), outside the program being traced.
+    """
+    names = list(candidates)
+    if is_plain() or len(names) == 1 or not _enabled():
+        return names[0]
+    k = op + repr(key)
+    table = _load()
+    known = table.get(k)
+    if known and known["choice"] in candidates and (not _retune or k in _fresh):
+        return known["choice"]
+    import jax
+
+    global _noted
+    if not _noted:
+        _noted = True
+        _note(f"measuring the fastest form of each layer on this CPU (once; kept in {path()})")
+    t0 = time.perf_counter()
+    ms: dict[str, float] = {}
+    with jax.ensure_compile_time_eval():
+        args = make_inputs()
+        for name, fn in candidates.items():
+            try:
+                ms[name] = round(_time(jax.jit(fn), args) * 1e3, 4)
+            except Exception:  # a form this backend cannot compile or run is not a candidate  # noqa: BLE001
+                continue
+    choice = min(ms, key=ms.get) if ms else names[0]
+    record = {"choice": choice, "ms": ms}
+    table[k] = record
+    _fresh.add(k)
+    _measured.append((k, choice, time.perf_counter() - t0))
+    _save(k, record)
+    return choice
+
+
+def choices() -> dict:
+    """This host's cached table (op key -> record)."""
+    return dict(_load())
+
+
+def reset() -> None:
+    """Forget what was loaded (tests; after the cache dir changes)."""
+    global _table, _noted, _retune
+    _table, _noted, _retune = None, False, False
+    _measured.clear()
+    _fresh.clear()
