@@ -22,6 +22,8 @@ def atomic_path(path: str | os.PathLike):
     os.close(fd)
     try:
         yield Path(tmp)
+        # mkstemp makes the file 0600; what we write is the user's to share, as `open()` would make it.
+        os.chmod(tmp, 0o666 & ~current_umask())
         with open(tmp, "rb") as f:  # flush file contents to disk before the rename
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -29,6 +31,20 @@ def atomic_path(path: str | os.PathLike):
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def current_umask() -> int:
+    """The process's umask, read without changing it (os.umask can only set it, racing other threads)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)  # no /proc (macOS): set and restore at once
+    os.umask(mask)
+    return mask
 
 
 def write_bytes(path, data: bytes) -> None:
