@@ -34,6 +34,7 @@ from .runtime import user_xla_flags
 
 BENCH_DIR = Path(__file__).resolve().parent.parent / "benchmarks"
 PEERS = {"torch": "torch", "keras": "tensorflow"}  # framework -> module that must be importable
+MODES = ("train", "infer")
 PEER_ARCHS = ("net1", "net2")
 TRAIN_FLOPS_FACTOR = 3  # forward + input gradient + weight gradient, each about one forward
 

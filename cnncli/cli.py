@@ -7,22 +7,36 @@ Heavy libraries (JAX, Flax, TFDS, matplotlib) are imported inside the commands s
 from __future__ import annotations
 
 import sys
+from typing import Annotated
 
 import typer
 
+from . import __version__
 from .commands import bench, compare, data, evaluate, models, predict, recipes, train
+from .commands.options import option
 from .errors import CnnError
 
 app = typer.Typer(
-    add_completion=False,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    # Help text is printed as written (Rich markup would eat "[bench]"), in the plain layout of click tools.
+    rich_markup_mode=None,
+    context_settings={"help_option_names": ["-h", "--help"]},
     help="Train, evaluate, compare and run convolutional image classifiers (JAX + Flax).",
 )
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        print(f"cnn {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
-def _root() -> None:
+def _root(
+    version: Annotated[bool, option("--version", help="Print the version and exit.", is_flag=True,
+                                    callback=_print_version, is_eager=True)] = False,
+) -> None:
     """Train, evaluate, compare and run convolutional image classifiers (JAX + Flax)."""
 
 
@@ -40,7 +54,8 @@ for _name, _fn in (
     ("bench", bench.bench),
     ("recipes", recipes.recipes),
 ):
-    app.command(_name)(_fn)
+    # The whole first line of the docstring in the list of commands (click would cut it at ~45 characters).
+    app.command(_name, short_help=_fn.__doc__.split("\n", 1)[0])(_fn)
 
 
 def main() -> None:
@@ -50,13 +65,31 @@ def main() -> None:
     tune_allocator()  # before JAX starts its threads (see runtime.py: up to half of a step otherwise)
     tune_xla()  # before JAX first computes (see runtime.py: convolutions on both cores)
     try:
-        app()
+        code = app(standalone_mode=False)  # usage errors come here, to be printed as one line
     except CnnError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(e.exit_code)
+    except typer.BadParameter as e:
+        print(f"error: {_bad_value(e)}", file=sys.stderr)
+        sys.exit(2)
+    except typer.TyperException as e:  # click's other usage errors: no such option, missing option, ...
+        ctx = getattr(e, "ctx", None)
+        hint = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
+        print(f"error: {e.format_message()}{hint}", file=sys.stderr)
+        sys.exit(getattr(e, "exit_code", 2))
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+def _bad_value(e) -> str:
+    """A bad value in one line naming the option: the rules' messages already start with it."""
+    name = e.param.opts[0] if e.param is not None and e.param.opts else ""
+    msg = e.message
+    if msg.startswith("-") or msg.split(" ", 1)[0].isupper() or not name:
+        return msg
+    return f"{name}: {msg}"
 
 
 if __name__ == "__main__":

@@ -48,9 +48,14 @@ class Out:
             self.console.print(line(r).rstrip())
 
     def emit_json(self, obj) -> None:
-        """The machine-readable result: stdout, one line, nothing else there."""
+        """The machine-readable result: stdout, one line, nothing else there; it names the version that made it."""
+        from . import __version__
         from .fsutil import dumps
 
+        if isinstance(obj, dict):
+            obj = {**obj, "cnn_version": __version__}
+        elif isinstance(obj, list):  # one object per input (predict)
+            obj = [{**o, "cnn_version": __version__} if isinstance(o, dict) else o for o in obj]
         sys.stdout.write(dumps(obj) + "\n")
         sys.stdout.flush()
 

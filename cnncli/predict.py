@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from . import calibrate
+from .checks import INVERT_CHOICES
 from .errors import CnnError
 
 DIGIT_CLASSES = [str(d) for d in range(10)]
@@ -27,7 +28,6 @@ MAX_WORK_SIDE = 512  # digit photos are reduced to this before the ink search (a
 MIN_CONTRAST = 32  # ink must stand this far above the background (0..255) to be found
 INK_THRESHOLD = 0.5  # share of the ink's range above which a pixel is ink (the rest, grain and shadow, is paper)
 CHUNK = 512  # files decoded and predicted at a time (bounds memory for big folders)
-INVERT_CHOICES = ("auto", "yes", "no")
 
 
 @dataclass

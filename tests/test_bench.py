@@ -44,7 +44,7 @@ def test_cpu_info_names_the_widest_vector_extension():
 def test_bench_rejects_unknown_peer_in_one_line():
     proc = _cnn("bench", "--vs", "mxnet", "--dataset", "digits")
     assert proc.returncode == 2
-    assert proc.stderr.strip() == "error: unknown --vs peer 'mxnet'; choose from torch, keras"
+    assert proc.stderr.strip() == "error: --vs must be a comma list of torch, keras, not 'mxnet'"
 
 
 def test_peer_notes_say_why_a_peer_is_skipped():

@@ -58,9 +58,10 @@ def test_bad_vary_is_rejected(vary, arch, message):
 
 
 @pytest.mark.parametrize("vary, arch, message", [
-    (["optimizer=adam,nesterov"], "net2", "unknown optimizer 'nesterov'"),
+    (["optimizer=adam,nesterov"], "net2", "--optimizer must be one of adam, rmsprop, sgd, adadelta, adagrad, adamw, "
+                                          "nadam, not 'nesterov'"),
     (["activation=relu,tanh"], "resnet20", "arch resnet20 has a fixed activation"),
-    (["activation=relu,swish"], "mlp", "arch mlp takes relu, sigmoid, tanh"),
+    (["activation=relu,swish"], "mlp", "--activation must be one of relu, sigmoid, tanh, not 'swish'"),
     (["dropout=0,0.5"], "net1", "arch net1 has no tunable dropout"),
     (["augment=none,blur"], "net2", "unknown augmentation 'blur'"),
     (["arch=net2,lenet6"], None, "unknown arch 'lenet6'"),

@@ -49,7 +49,7 @@ def test_recipes_command_table_and_json():
 
     r = CliRunner().invoke(app, ["recipes", "--json"])
     assert r.exit_code == 0, r.output
-    assert json.loads(r.output) == json.loads(json.dumps(RECIPES))
+    assert json.loads(r.output)["recipes"] == json.loads(json.dumps(RECIPES))
     table = CliRunner().invoke(app, ["recipes"])
     assert table.exit_code == 0, table.output
     for name, recipe in RECIPES.items():

@@ -4,46 +4,43 @@ from __future__ import annotations
 
 from typing import Annotated, Optional
 
-import typer
-
-from ..errors import CnnError
-from .options import Arch, BatchSize, DataDir, Dataset
-
-Opt = typer.Option
+from .. import bench as B  # standard library only: its peer list is --vs's choices
+from ..checks import AT_LEAST_1, NON_NEGATIVE, ChoiceList, Range, split_list
+from .options import Arch, BatchSize, DataDir, Dataset, option
 
 
 def bench(
     arch: Arch = "net1",
     dataset: Dataset = "mnist",
-    input_shape: Annotated[Optional[str], Opt("--input-shape",
-                                              help="H,W,C instead of the data set's (no pipeline measure).")] = None,
-    classes: Annotated[int, Opt("--classes", help="Number of classes with --input-shape.")] = 10,
+    input_shape: Annotated[Optional[str], option("--input-shape", metavar="H,W,C",
+                                                 help="The input's shape instead of the data set's (no pipeline "
+                                                      "measure).")] = None,
+    classes: Annotated[int, option("--classes", help="Number of classes with --input-shape.", rule=Range(2),
+                                   metavar="K")] = 10,
     batch_size: BatchSize = 128,
-    infer_batch_size: Annotated[Optional[int], Opt("--infer-batch-size",
-                                                   help="Inference batch size (default: --batch-size).")] = None,
-    modes: Annotated[str, Opt("--modes", help="Comma list of train, infer.")] = "train,infer",
-    repeats: Annotated[int, Opt("--repeats", min=1, help="Timed groups; images/s is their median.")] = 5,
-    steps: Annotated[int, Opt("--steps", min=1, help="Steps per timed group.")] = 10,
-    warmup: Annotated[int, Opt("--warmup", min=0, help="Untimed steps after compilation.")] = 2,
-    vs: Annotated[str, Opt("--vs", help="Peers to run in subprocesses: torch,keras (pip install -e '.[bench]').")] = "",
-    pipeline: Annotated[bool, Opt("--pipeline/--no-pipeline", help="Also time real batches from the data set.")] = True,
+    infer_batch_size: Annotated[Optional[int], option("--infer-batch-size", rule=AT_LEAST_1, metavar="N",
+                                                      help="Inference batch size (default: --batch-size).")] = None,
+    modes: Annotated[str, option("--modes", help="What to time.", rule=ChoiceList(B.MODES), metavar="MODES")
+                     ] = "train,infer",
+    repeats: Annotated[int, option("--repeats", rule=AT_LEAST_1, metavar="N",
+                                   help="Timed groups; images/s is their median.")] = 5,
+    steps: Annotated[int, option("--steps", rule=AT_LEAST_1, help="Steps per timed group.", metavar="N")] = 10,
+    warmup: Annotated[int, option("--warmup", rule=NON_NEGATIVE, help="Untimed steps after compilation.",
+                                  metavar="N")] = 2,
+    vs: Annotated[str, option("--vs", help="Peers to run in subprocesses (pip install -e '.[bench]').",
+                              rule=ChoiceList(B.PEERS, empty=True), metavar="PEERS")] = "",
+    pipeline: Annotated[bool, option("--pipeline/--no-pipeline", help="Also time real batches from the data set.",
+                                     is_flag=True)] = True,
     data_dir: DataDir = None,
-    json_out: Annotated[bool, Opt("--json", help="One JSON object per row on stdout.")] = False,
+    json_out: Annotated[bool, option("--json", help="One JSON object per row on stdout.", is_flag=True)] = False,
 ):
     """Time the real train and inference steps (images/s, GFLOP/s, share of matmul peak) and compare with peers."""
-    from .. import bench as B
     from ..console import Out
     from ..models import flops_per_image
     from ..models.summary import dataset_input, parse_shape
 
     out = Out(json=json_out)
-    wanted = [m.strip() for m in modes.split(",") if m.strip()]
-    if not wanted or set(wanted) - {"train", "infer"}:
-        raise CnnError(f"--modes takes train and/or infer; got {modes!r}")
-    peers = [p.strip() for p in vs.split(",") if p.strip()]
-    unknown = [p for p in peers if p not in B.PEERS]
-    if unknown:
-        raise CnnError(f"unknown --vs peer {unknown[0]!r}; choose from {', '.join(B.PEERS)}")
+    wanted, peers = split_list(modes), split_list(vs)
     shape, k = (parse_shape(input_shape), classes) if input_shape else dataset_input(dataset, arch)
     sizes = {"train": batch_size, "infer": infer_batch_size or batch_size}
 

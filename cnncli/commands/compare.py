@@ -6,14 +6,15 @@ import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
-import typer
-
 from ..errors import CnnError
-from .options import DataDir, Dataset, Epochs, Json, Limit, OptArch, OptBatchSize, Seed, ValSplit
+from ..checks import AT_LEAST_1, SEED_MAX, ChoiceList
+from ..train.config import DATASET
+from .options import DataDir, Dataset, Epochs, Json, Limit, OptArch, OptBatchSize, ValSplit, config_option, option
 
-COMPARE_OUT_HELP = "Parent folder of comparison directories."
-Repeats = Annotated[int, typer.Option(help="Train every variant with N seeds (--seed, --seed+1, ...) and report mean ± std.")]
-CompareOut = Annotated[str, typer.Option(help=COMPARE_OUT_HELP)]
+Repeats = Annotated[int, option("--repeats", rule=AT_LEAST_1, metavar="N",
+                                help="Train every variant with N seeds (--seed, --seed+1, ...) and report mean ± std.")]
+CompareOut = Annotated[str, option("--out", help="Parent folder of comparison directories.", metavar="DIR")]
+FirstSeed = Annotated[int, config_option("seed", help="First seed (--repeats N trains seeds S to S+N-1).")]
 
 
 def _run_comparison(plan, json_out: bool) -> None:
@@ -31,8 +32,8 @@ def _run_comparison(plan, json_out: bool) -> None:
 
 
 def _seeds(seed: int, repeats: int) -> list[int]:
-    if repeats < 1:
-        raise CnnError("--repeats must be at least 1")
+    if seed + repeats - 1 > SEED_MAX:
+        raise CnnError(f"--seed {seed} with --repeats {repeats} runs past the largest seed, {SEED_MAX}")
     return list(range(seed, seed + repeats))
 
 
@@ -47,17 +48,19 @@ def _command_line() -> str:
 
 
 def compare_pooling(
-    datasets: Annotated[str, typer.Option(help="Comma list of data sets.")] = "mnist,cifar10",
-    epochs: Annotated[int, typer.Option(help="Passes over the training set (seed 001: 16).")] = 16,
-    batch_size: Annotated[int, typer.Option(help="Images per step (seed 001: 128).")] = 128,
-    optimizer: Annotated[str, typer.Option(help="Optimizer for both nets (seed 001: adam).")] = "adam",
-    seed: Seed = 0,
+    datasets: Annotated[str, option("--datasets", help="Data sets to compare on.", metavar="NAMES",
+                                    rule=ChoiceList(DATASET.values, also=DATASET.also, other=DATASET.other))
+                        ] = "mnist,cifar10",
+    epochs: Annotated[int, config_option("epochs", help="Passes over the training set (seed 001: 16).")] = 16,
+    batch_size: Annotated[int, config_option("batch_size", help="Images per step (seed 001: 128).")] = 128,
+    optimizer: Annotated[str, config_option("optimizer", help="Optimizer for both nets (seed 001: adam).")] = "adam",
+    seed: FirstSeed = 0,
     repeats: Repeats = 1,
     limit: Limit = None,
     val_split: ValSplit = None,
     data_dir: DataDir = None,
     out: CompareOut = "runs/compare",
-    name: Annotated[str, typer.Option(help="Comparison directory name (auto-numbered).")] = "pooling",
+    name: Annotated[str, option("--name", help="Comparison directory name (auto-numbered).", metavar="NAME")] = "pooling",
     json: Json = False,
 ):
     """Seed 001's study: net1 (max pooling) vs net2 (strided conv, no pooling), identical settings.
@@ -79,20 +82,20 @@ def compare_pooling(
 
 def compare(
     dataset: Dataset,
-    vary: Annotated[list[str], typer.Option(help="KEY=V1,V2,... with KEY one of optimizer, lr, activation, dropout, "
-                                                 "batch-size, epochs, arch, augment (ops joined by +: flip+crop). "
-                                                 "Several --vary make a grid.")],
+    vary: Annotated[list[str], option("--vary", metavar="KEY=V1,V2",
+                                      help="KEY one of optimizer, lr, activation, dropout, batch-size, epochs, arch, "
+                                           "augment (ops joined by +: flip+crop). Several --vary make a grid.")],
     arch: OptArch = None,
     epochs: Epochs = None,
     batch_size: OptBatchSize = None,
-    seed: Seed = 0,
+    seed: FirstSeed = 0,
     repeats: Repeats = 1,
     limit: Limit = None,
     val_split: ValSplit = None,
     data_dir: DataDir = None,
     out: CompareOut = "runs/compare",
-    name: Annotated[Optional[str], typer.Option(
-        help="Comparison directory name (default <arch>-<dataset>-<keys>).")] = None,
+    name: Annotated[Optional[str], option("--name", metavar="NAME",
+                                          help="Comparison directory name (default <arch>-<dataset>-<keys>).")] = None,
     json: Json = False,
 ):
     """Train variants that differ in one setting (or a grid of them) and compare their curves.

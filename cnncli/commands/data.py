@@ -5,19 +5,21 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Optional
 
-import typer
-
-from .options import DataDir, Json
+from ..checks import AT_LEAST_1, choice
+from ..data.registry import DATASETS
+from .options import Json, argument, option
 
 
 def download(
-    name: Annotated[str, typer.Argument(help="Data set: mnist, cifar10, cats_vs_dogs or digits.")],
-    data_dir: Annotated[Optional[Path], typer.Option(
-        "--data-dir", help="Where the files go (default: $CNN_DATA_DIR, else ~/.cache/cnn/data).")] = None,
-    from_path: Annotated[Optional[Path], typer.Option(
-        "--from", help="Import official files or folders you already have (hard-linked or copied into the data dir).")] = None,
-    image_size: Annotated[Optional[int], typer.Option(
-        "--image-size", help="Cache images at this side in pixels (default: native; 128 for photos).")] = None,
+    name: Annotated[str, argument(f"Data set: {', '.join(DATASETS)}.", choice(DATASETS), metavar="NAME")],
+    data_dir: Annotated[Optional[Path], option(
+        "--data-dir", help="Where the files go (default: $CNN_DATA_DIR, else ~/.cache/cnn/data).", metavar="DIR")] = None,
+    from_path: Annotated[Optional[Path], option(
+        "--from", help="Import official files or folders you already have (hard-linked or copied into the data dir).",
+        metavar="PATH")] = None,
+    image_size: Annotated[Optional[int], option(
+        "--image-size", help="Cache images at this side in pixels (default: native; 128 for photos).",
+        rule=AT_LEAST_1, metavar="PIXELS")] = None,
     json_out: Json = False,
 ) -> None:
     """Get a data set's official files (online, or --from files you have), fill the cache, report what loaded."""
@@ -58,7 +60,11 @@ def _short(text: str, width: int) -> str:
     return text if len(text) <= width else text[: width - 3] + "..."
 
 
-def datasets(data_dir: DataDir = None, json_out: Json = False) -> None:
+def datasets(
+    data_dir: Annotated[Optional[Path], option("--data-dir", help="Folder with local data set files "
+                                               "(default: $CNN_DATA_DIR, else ~/.cache/cnn/data).", metavar="DIR")] = None,
+    json_out: Json = False,
+) -> None:
     """List the known data sets (classes, shape, source), their local files and what is cached."""
     from ..console import Out
     from ..data.catalog import catalog

@@ -8,24 +8,32 @@ from typing import Annotated, Optional
 
 import typer
 
-from .options import Json
+from ..checks import choice
+from ..train.rundir import CHECKPOINTS
+from .options import Json, MinAccuracy, option
 
 
 def evaluate(
-    run_dir: Annotated[Optional[Path], typer.Argument(help="Run directory (default: the newest under --out).")] = None,
-    split: Annotated[Optional[str], typer.Option(help="test, val, train or all. Default: all for a plain "
-                                                 "<dir>/<class>/ folder given with --dataset, else test.")] = None,
-    dataset: Annotated[Optional[str], typer.Option(help="Evaluate on another data set of the same image shape.")] = None,
-    checkpoint: Annotated[str, typer.Option(help="best or last.")] = "best",
-    predictions: Annotated[Optional[Path], typer.Option(help="Write a CSV, one row per image: index, split, file, "
-                                                        "true, predicted, probability, correct.")] = None,
-    mistakes: Annotated[Optional[Path], typer.Option(help="With --predictions: where the grid of the most confident "
-                                                     "mistakes goes (default: beside the CSV, <stem>_mistakes.png).")] = None,
-    min_accuracy: Annotated[Optional[float], typer.Option(
-        help="Exit with code 1 when accuracy is below this (CI gate).")] = None,
-    out: Annotated[str, typer.Option(help="Parent folder of run directories, to find the newest.")] = "runs/train",
-    reframe: Annotated[bool, typer.Option("--reframe", help="Score the split's photos re-framed (padded, cropped, "
-                                          "rotated, ...): accuracy per kind against the plain split's.")] = False,
+    run_dir: Annotated[Optional[Path], typer.Argument(help="Run directory (default: the newest under --out).",
+                                                      metavar="RUN_DIR")] = None,
+    split: Annotated[Optional[str], option("--split", metavar="[test|val|train|all]",
+                                           help="Default: all for a plain <dir>/<class>/ folder given with --dataset, "
+                                                "else test.")] = None,
+    dataset: Annotated[Optional[str], option("--dataset", help="Evaluate on another data set of the same image shape.",
+                                             metavar="NAME|DIR")] = None,
+    checkpoint: Annotated[str, option("--checkpoint", help="Which weights to score.", rule=choice(CHECKPOINTS))] = "best",
+    predictions: Annotated[Optional[Path], option("--predictions", metavar="CSV",
+                                                  help="Write a CSV, one row per image: index, split, file, true, "
+                                                       "predicted, probability, correct.")] = None,
+    mistakes: Annotated[Optional[Path], option("--mistakes", metavar="PNG",
+                                               help="With --predictions: where the grid of the most confident "
+                                                    "mistakes goes (default: beside the CSV, <stem>_mistakes.png).")
+                        ] = None,
+    min_accuracy: MinAccuracy = None,
+    out: Annotated[str, option("--out", help="Parent folder of run directories, to find the newest.",
+                               metavar="DIR")] = "runs/train",
+    reframe: Annotated[bool, option("--reframe", is_flag=True, help="Score the split's photos re-framed (padded, "
+                                    "cropped, rotated, ...): accuracy per kind against the plain split's.")] = False,
     json: Json = False,
 ):
     """Loss, accuracy, classification report and confusion matrix of a run on a split of a data set.

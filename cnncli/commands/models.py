@@ -4,18 +4,19 @@ from __future__ import annotations
 
 from typing import Annotated, Optional
 
-import typer
-
 from ..errors import CnnError
-from .options import Activation, Arch, Dropout, ImageSize, Json
+from ..checks import Range
+from .options import Activation, Arch, Dropout, ImageSize, Json, config_option, option
 
 
 def summary(
     arch: Arch,
-    dataset: Annotated[Optional[str], typer.Option(
-        help="Take shape and classes from this data set (nothing is loaded).")] = None,
-    input_shape: Annotated[Optional[str], typer.Option(help="H,W,C of the input, e.g. 28,28,1 (instead of --dataset).")] = None,
-    classes: Annotated[Optional[int], typer.Option(help="Number of classes (with --input-shape, or for a folder).")] = None,
+    dataset: Annotated[Optional[str], config_option(
+        "dataset", help="Take shape and classes from this data set (nothing is loaded).")] = None,
+    input_shape: Annotated[Optional[str], option("--input-shape", metavar="H,W,C",
+                                                 help="The input's shape, e.g. 28,28,1 (instead of --dataset).")] = None,
+    classes: Annotated[Optional[int], option("--classes", help="Number of classes (with --input-shape, or for a folder).",
+                                             rule=Range(2), metavar="K")] = None,
     image_size: ImageSize = None,
     activation: Activation = None,
     dropout: Dropout = None,

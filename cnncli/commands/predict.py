@@ -9,29 +9,27 @@ from typing import Annotated, Optional
 import typer
 
 from ..errors import CnnError
-from .options import Invert, Json, Model
+from .options import Invert, Json, Model, TopK, option
 
 
 def predict(
-    images: Annotated[list[Path], typer.Argument(help="Image files and/or folders (searched recursively, sorted).")],
+    images: Annotated[list[Path], typer.Argument(help="Image files and/or folders (searched recursively, sorted).",
+                                                 metavar="IMAGE...")],
     model: Model = None,
-    top_k: Annotated[int, typer.Option(help="How many of the most likely classes to list.")] = 3,
+    top_k: TopK = 3,
     invert: Invert = "auto",
-    json: Annotated[bool, typer.Option("--json", help="Print a JSON list on stdout, one entry per file.")] = False,
-    csv: Annotated[bool, typer.Option("--csv", help="Print CSV on stdout: file,class,probability,top_k,note,error.")] = False,
+    json: Annotated[bool, option("--json", help="Print a JSON list on stdout, one entry per file.", is_flag=True)] = False,
+    csv: Annotated[bool, option("--csv", help="Print CSV on stdout: file,class,probability,top_k,note,error.",
+                                is_flag=True)] = False,
 ):
     """Classify images with a trained run; a bad file gets one error line and the others still run."""
     from .. import calibrate
     from ..console import Out
-    from ..predict import INVERT_CHOICES, collect_inputs, csv_text, describe, predict_files
+    from ..predict import collect_inputs, csv_text, describe, predict_files
     from ..train import latest_run, load_run
 
     if json and csv:
         raise CnnError("choose one of --json and --csv")
-    if invert not in INVERT_CHOICES:
-        raise CnnError(f"--invert must be one of {', '.join(INVERT_CHOICES)}, not {invert!r}")
-    if top_k < 1:
-        raise CnnError("--top-k must be at least 1")
     o = Out(json=json or csv)
     files, skipped = collect_inputs(images)
     if skipped:
@@ -66,11 +64,12 @@ def predict(
 
 
 def explain(
-    image: Annotated[Path, typer.Argument(help="The image to explain.")],
+    image: Annotated[Path, typer.Argument(help="The image to explain.", metavar="IMAGE")],
     model: Model = None,
-    out: Annotated[Optional[str], typer.Option(
-        help="Figure to write, in the format its extension names (.png, .jpg, .pdf, .svg, ...), or a folder "
-             "(default <run_dir>/explain/<stem>_saliency.png).")] = None,
+    out: Annotated[Optional[str], option("--out", metavar="FILE",
+                                         help="Figure to write, in the format its extension names (.png, .jpg, .pdf, "
+                                              ".svg, ...), or a folder (default <run_dir>/explain/<stem>_saliency.png).")
+                   ] = None,
     invert: Invert = "auto",
     json: Json = False,
 ):

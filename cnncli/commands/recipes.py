@@ -18,7 +18,7 @@ def recipes(json: Json = False):
 
     o = Out(json=json)
     if json:
-        o.emit_json(RECIPES)
+        o.emit_json({"recipes": RECIPES})  # a key of its own: the version is not a recipe
         return
     rows = [[name, r["description"], r["expected"], r["machine"], " ".join(_flag(k, v) for k, v in r["options"].items())]
             for name, r in RECIPES.items()]

@@ -1,93 +1,58 @@
-"""`cnn train`: train an architecture on a data set into a run directory."""
+"""`cnn train`: train an architecture on a data set into a run directory.
+
+Its options are the fields of `TrainConfig` (train/config.py): each field's default, help and rule
+make the option, so `--help` shows the real defaults. Only what the user typed overrides the
+architecture's defaults, a `--recipe` or a `--config` (click's ParameterSource tells typed from default).
+"""
 
 from __future__ import annotations
 
+import inspect
+import json as _json
+import os
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
-from .options import (Activation, DataDir, Dropout, Json, Limit, OptArch, OptBatchSize, OptDataset, ValSplit,
-                      Epochs)
+from ..errors import CnnError
+from ..train.config import options as config_fields
+from .options import Json, config_option, option
 
-Opt = typer.Option
+_COMMAND_ONLY = ("resume", "config", "print_config", "json")
+_TYPED = ("COMMANDLINE", "ENVIRONMENT", "PROMPT")
 
 
-def train(
-    arch: OptArch = None,
-    dataset: OptDataset = None,
-    recipe: Annotated[Optional[str], Opt(help="A named set of options (see `cnn recipes`).")] = None,
-    epochs: Epochs = None,
-    time_budget: Annotated[Optional[float], Opt(help="Minutes: train the epochs (at most --epochs) that fit, "
-                                                "timed on this machine (0 = off).")] = None,
-    batch_size: OptBatchSize = None,
-    optimizer: Annotated[Optional[str], Opt(help="adam|rmsprop|sgd|adadelta|adagrad|adamw|nadam")] = None,
-    lr: Annotated[Optional[float], Opt(help="Peak learning rate (default: the optimizer's Keras default).")] = None,
-    momentum: Annotated[Optional[float], Opt(help="SGD momentum (Nesterov).")] = None,
-    weight_decay: Annotated[Optional[float], Opt(help="Weight decay on kernels.")] = None,
-    decay_biases: Annotated[Optional[bool], Opt("--decay-biases/--no-decay-biases",
-                                                help="Weight decay on biases and BatchNorm shifts too.")] = None,
-    schedule: Annotated[Optional[str], Opt(help="constant|cosine|onecycle")] = None,
-    warmup_epochs: Annotated[Optional[float], Opt(help="Linear warm-up length in epochs.")] = None,
-    lr_start: Annotated[Optional[float], Opt(help="onecycle: first learning rate, as a fraction of the peak.")] = None,
-    lr_end: Annotated[Optional[float], Opt(help="onecycle/cosine: last learning rate, as a fraction of the peak.")] = None,
-    label_smoothing: Annotated[Optional[float], Opt(help="Label smoothing (0 = off).")] = None,
-    bn_bias_lr: Annotated[Optional[float], Opt(help="Learning-rate multiplier for BatchNorm shifts.")] = None,
-    activation: Activation = None,
-    dropout: Dropout = None,
-    val_split: ValSplit = None,
-    image_size: Annotated[Optional[int], Opt(help="Side in pixels photos are resized to (default 128).")] = None,
-    limit: Limit = None,
-    balance: Annotated[Optional[bool], Opt("--balance/--no-balance", help="Undersample to the smallest class.")] = None,
-    augment: Annotated[Optional[str], Opt(help="none or a list of flip,shift,crop,rrc,rotate,zoom,color (on device); "
-                                               "crop:N pads N px (default 4); rrc:S random-resized crops of S to 100% "
-                                               "of the area (default 0.25).")] = None,
-    normalize: Annotated[Optional[str], Opt(help="unit (x/255) or standard (per-channel mean/std).")] = None,
-    early_stopping: Annotated[Optional[int], Opt(help="Stop after N epochs without improvement; restores the best.")] = None,
-    monitor: Annotated[Optional[str], Opt(help="val_accuracy or val_loss: what 'best' means.")] = None,
-    ema: Annotated[Optional[float], Opt(help="EMA decay of the weights (0 = off).")] = None,
-    lookahead: Annotated[Optional[bool], Opt("--lookahead/--no-lookahead",
-                                             help="Every 5 steps move the weights to their EMA (airbench's).")] = None,
-    tta_flip: Annotated[Optional[bool], Opt("--tta-flip/--no-tta-flip",
-                                            help="Average predictions with the mirror image.")] = None,
-    tta_shift: Annotated[Optional[int], Opt(help="Also average over copies shifted by +-N pixels (0 = off).")] = None,
-    tta_scales: Annotated[Optional[str], Opt(help="Also average over views at these shares of the side: 0.8 = the "
-                                                  "central 80% enlarged, 1.25 = shrunk in a border.")] = None,
-    seed: Annotated[Optional[int], Opt(help="Seed for weights, data order, augmentation and dropout.")] = None,
-    precision: Annotated[Optional[str], Opt(help="fp32 or bf16 (mixed: fp32 master weights).")] = None,
-    data_dir: DataDir = None,
-    out: Annotated[Optional[str], Opt(help="Parent folder of run directories (default runs/train).")] = None,
-    name: Annotated[Optional[str], Opt(help="Run name (default <arch>-<dataset>, auto-numbered).")] = None,
-    resume: Annotated[Optional[Path], Opt(help="Continue an interrupted run directory.")] = None,
-    init_from: Annotated[Optional[str], Opt(help="Start from the weights of another run (transfer learning).")] = None,
-    freeze: Annotated[Optional[str], Opt(help="'features': train only the classifier head (with --init-from).")] = None,
-    json: Json = False,
-):
-    """Train an architecture on a data set; writes a run directory with checkpoints and curves."""
-    # The training options, read before any other local exists (everything but the command's own switches).
-    given = {k: v for k, v in locals().items() if k not in ("json", "resume", "recipe")}
-    import os
+def train(ctx: typer.Context, **kw):
+    """Train an architecture on a data set; writes a run directory with checkpoints and curves.
 
+    The defaults shown are the engine's: an architecture (`cnn summary`) or a --recipe may choose
+    others, and an option you type always wins. --config RUN/config.json reruns a run as recorded.
+    """
     from ..console import Out, fmt
-    from ..train import TrainConfig, read_config, resolve
+    from ..train import TrainConfig, read_config
     from ..train.progress import Progress
 
-    o = Out(json=json)
-    if data_dir is not None:
-        given["data_dir"] = str(data_dir)
-    elif os.environ.get("CNN_DATA_DIR"):
-        given["data_dir"] = os.environ["CNN_DATA_DIR"]
+    typed = {k: str(v) if isinstance(v, Path) else v for k, v in kw.items()  # config.json records paths as text
+             if k not in _COMMAND_ONLY and ctx.get_parameter_source(k).name in _TYPED}
+    o = Out(json=kw["json"] or kw["print_config"])  # stdout stays the config's alone
+    resume = kw["resume"]
     if resume is not None:
         cfg = TrainConfig.from_dict(read_config(resume))
-        if epochs is not None:  # the one option a resumed run may change: train for longer
-            cfg.epochs = epochs
+        ignored = [k for k in typed if k != "epochs"]
+        if ignored:
+            raise CnnError(f"--resume continues {resume} with its recorded options; only --epochs may change "
+                           f"(drop {', '.join('--' + k.replace('_', '-') for k in ignored)})")
+        if "epochs" in typed:  # the one option a resumed run may change: train for longer
+            cfg.epochs = typed["epochs"]
     else:
-        from ..recipes import get_recipe
+        cfg = _resolve(typed, kw["config"], o)
+        if kw["print_config"]:
+            from .. import __version__
 
-        rec = get_recipe(recipe) if recipe else None
-        if rec is not None:
-            o.print(f"recipe {recipe}: {rec['description']}")
-        cfg = resolve(given | {"recipe": recipe}, rec["options"] if rec else None)
+            recorded = {k: v for k, v in cfg.to_dict().items() if k != "extra"}  # extra: the engine's provenance
+            print(_json.dumps({**recorded, "cnn_version": __version__}, indent=2))
+            return
         from ..train.optim import DEFAULT_LR
 
         shown = {k: v for k, v in cfg.to_dict().items() if k not in ("extra",) and v is not None}
@@ -96,10 +61,70 @@ def train(
     from ..train import fit
 
     summary = fit(cfg, Progress(o), resume=resume)
-    if json:
+    if kw["json"]:
         o.emit_json(summary)
     else:
         o.print(f"done in {summary['train_seconds']:.1f}s ({summary['images_per_s']:,.0f} img/s); best epoch "
                 f"{summary['best_epoch']}, val accuracy {fmt(summary['best_val_accuracy'])}, "
                 f"test accuracy {fmt(summary['test_accuracy'])}")
         o.print(f"run directory: {summary['run_dir']}")
+
+
+def _resolve(typed: dict, config: Path | None, o):
+    """The config to train: recorded config or defaults <- recipe <- what was typed."""
+    from ..recipes import get_recipe
+    from ..train import resolve
+
+    base = _read_config(config) if config is not None else None
+    if "data_dir" not in typed and base is None and os.environ.get("CNN_DATA_DIR"):
+        typed["data_dir"] = os.environ["CNN_DATA_DIR"]  # recorded, so a rerun reads the same files
+    recipe = typed.get("recipe")
+    rec = get_recipe(recipe) if recipe else None
+    if rec is not None:
+        o.print(f"recipe {recipe}: {rec['description']}")
+    return resolve(typed, rec["options"] if rec else None, base=base)
+
+
+def _read_config(path: Path) -> dict:
+    """A recorded config: `RUN/config.json`, a run directory, or a file `--print-config` wrote."""
+    from ..train import read_config
+
+    path = Path(path)
+    if path.is_dir():
+        return read_config(path)
+    try:
+        return _json.loads(path.read_text())
+    except FileNotFoundError:
+        raise CnnError(f"--config {path} does not exist") from None
+    except (OSError, ValueError) as e:
+        raise CnnError(f"--config {path} is not a readable JSON config ({e})") from None
+
+
+def _parameters() -> list[inspect.Parameter]:
+    """One keyword parameter per config field, then the command's own switches."""
+    kw = inspect.Parameter.KEYWORD_ONLY
+    params = [inspect.Parameter("ctx", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=typer.Context)]
+    for f in config_fields():
+        typ = {"int": int, "float": float, "bool": bool}.get(f.type.split(" ")[0], str)
+        if f.name in ("data_dir", "init_from"):
+            typ = Path
+        ann = Annotated[Optional[typ] if f.default is None else typ, config_option(f.name)]
+        params.append(inspect.Parameter(f.name, kw, default=f.default, annotation=ann))
+    own = {
+        "resume": (Optional[Path], option("--resume", help="Continue an interrupted run directory.",
+                                          metavar="RUN_DIR"), None),
+        "config": (Optional[Path], option("--config", metavar="CONFIG_JSON",
+                                          help="Rerun a recorded config (RUN/config.json, or a run directory); "
+                                               "options you type override it."), None),
+        "print_config": (bool, option("--print-config", is_flag=True,
+                                      help="Print the config that would train (JSON, for --config) and stop."), False),
+        "json": (bool, Json, False),
+    }
+    for name, (typ, opt, default) in own.items():
+        ann = opt if name == "json" else Annotated[typ, opt]
+        params.append(inspect.Parameter(name, kw, default=default, annotation=ann))
+    return params
+
+
+train.__signature__ = inspect.Signature(_parameters())
+train.__annotations__ = {p.name: p.annotation for p in train.__signature__.parameters.values()}

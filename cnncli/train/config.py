@@ -9,62 +9,115 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
+from ..checks import (AT_LEAST_1, FRACTION_BELOW_1, NON_NEGATIVE, POSITIVE, SEED, Folder, Range,
+                      choice)
+from ..data.registry import DATASETS
 from ..errors import CnnError
+from ..models.registry import ACTIVATION_CHOICES, ARCHS
+from ..recipes import RECIPES
 
 OPTIMIZERS = ("adam", "rmsprop", "sgd", "adadelta", "adagrad", "adamw", "nadam")
 SCHEDULES = ("constant", "cosine", "onecycle")
 AUGMENTS = ("flip", "altflip", "shift", "crop", "rrc", "rotate", "zoom", "color")
 RRC_MIN_SCALE = 0.25  # rrc's default smallest crop, as a share of the image's area
+PRECISIONS = ("fp32", "bf16", "auto")
+
+
+RECORDED_NOT_OPTIONS = {"extra", "data", "cnn_version"}  # what config.json holds besides the options
+
+
+def is_folder(value: str) -> bool:
+    from pathlib import Path
+
+    return Path(value).expanduser().is_dir()
+
+
+DATASET = choice(DATASETS, also="an image folder", other=is_folder)
+
+
+def option(default, help: str, rule=None, *, metavar: str | None = None, flag: str | None = None):
+    """A training option: its default, its `--help` text and the rule its value must keep.
+
+    `cnn train` builds its command-line options from these fields (commands/train.py), so the
+    default `--help` shows, the check a typed value gets and what `config.json` records are one thing.
+    """
+    return field(default=default, metadata={"help": help, "rule": rule, "metavar": metavar, "flag": flag})
+
+
+def flag_of(name: str) -> str:
+    """The command-line spelling of a field: batch_size -> --batch-size."""
+    return "--" + name.replace("_", "-")
 
 
 @dataclass
 class TrainConfig:
-    arch: str = "net1"
-    dataset: str = "digits"
-    data_dir: str | None = None
-    epochs: int = 10
-    time_budget: float = 0.0  # minutes: train for the epochs (at most `epochs`) that fit, timed here; 0: off
-    batch_size: int = 128
-    optimizer: str = "adam"
-    lr: float | None = None  # None: the optimizer's Keras default (the seeds used Keras defaults)
-    momentum: float = 0.0  # sgd only (nesterov when > 0)
-    weight_decay: float = 0.0  # on kernels only; L2 on gradients, decoupled for adamw
-    decay_biases: bool = False  # weight decay on every parameter (airbench), not on kernels only
-    schedule: str = "constant"
-    warmup_epochs: float = 0.0
-    lr_start: float = 0.1  # onecycle: the first step's rate, as a fraction of the peak
-    lr_end: float = 0.0  # onecycle and cosine: the last step's rate, as a fraction of the peak
-    label_smoothing: float = 0.0
-    bn_bias_lr: float = 1.0  # learning-rate multiplier for BatchNorm shifts (airbench94: 64)
-    activation: str | None = None  # None: the architecture's own
-    dropout: float | None = None
-    val_split: float = 0.1  # carved from train, stratified; the test split is never used for validation
-    image_size: int | None = None  # photos only; None: the data set's default
-    limit: int | None = None  # stratified subset of train, for quick runs
-    balance: bool = False
-    augment: str = "none"  # comma list of AUGMENTS, or "none"
-    normalize: str = "unit"  # "unit": x/255 as the seeds did; "standard": per-channel mean/std of train
-    early_stopping: int = 0  # patience in epochs; 0: off
-    monitor: str = "val_accuracy"  # what "best" means: val_accuracy (max) or val_loss (min)
-    seed: int = 0
-    precision: str = "fp32"
-    ema: float = 0.0  # decay of an exponential moving average of the weights; 0: off
-    lookahead: bool = False  # airbench's Lookahead: every 5 steps, the weights move to their EMA
-    tta_flip: bool = False  # evaluate on the image and its mirror, averaged
-    tta_shift: int = 0  # also on copies shifted by +-N px along each axis (reflect-padded); 0: off
-    tta_scales: str = ""  # also on views at these shares of the side, e.g. "0.8,1.25" (step.zoomed_view); "": off
-    init_from: str | None = None
-    freeze: str | None = None  # "features": train only the classifier head
-    recipe: str | None = None
-    out: str = "runs/train"
-    name: str | None = None
+    arch: str = option("net1", "Architecture (`cnn summary --arch NAME --dataset D` shows it).", choice(ARCHS),
+                       metavar="NAME")
+    dataset: str = option("digits", "Data set name or image folder (<dir>/<class>/*.jpg).", DATASET,
+                          metavar="NAME|DIR")
+    data_dir: str | None = option(None, "Folder with local data set files (default: $CNN_DATA_DIR).", Folder(),
+                                  metavar="DIR")
+    epochs: int = option(10, "Passes over the training set.", AT_LEAST_1)
+    time_budget: float = option(0.0, "Minutes: train the epochs (at most --epochs) that fit, timed on this "
+                                "machine (0 = off).", Range(0, msg="is in minutes; 0 turns it off"), metavar="MINUTES")
+    batch_size: int = option(128, "Images per step, over all devices.", AT_LEAST_1)
+    optimizer: str = option("adam", "Optimizer (Keras' defaults).", choice(OPTIMIZERS))
+    # None: the optimizer's Keras default (the seeds used Keras defaults)
+    lr: float | None = option(None, "Peak learning rate (default: the optimizer's Keras default).", POSITIVE)
+    momentum: float = option(0.0, "SGD momentum (Nesterov when > 0).", Range(0, 1, hi_open=True))
+    weight_decay: float = option(0.0, "Weight decay on kernels (L2 on gradients; decoupled for adamw).", NON_NEGATIVE)
+    decay_biases: bool = option(False, "Weight decay on biases and BatchNorm shifts too (airbench).")
+    schedule: str = option("constant", "Learning-rate schedule.", choice(SCHEDULES))
+    warmup_epochs: float = option(0.0, "Linear warm-up length in epochs.", NON_NEGATIVE)
+    lr_start: float = option(0.1, "onecycle: first learning rate, as a fraction of the peak.",
+                             Range(0, 1, why="fractions of the peak learning rate"))
+    lr_end: float = option(0.0, "onecycle/cosine: last learning rate, as a fraction of the peak.",
+                           Range(0, 1, why="fractions of the peak learning rate"))
+    label_smoothing: float = option(0.0, "Label smoothing (0 = off).", FRACTION_BELOW_1)
+    bn_bias_lr: float = option(1.0, "Learning-rate multiplier for BatchNorm shifts (airbench94: 64).",
+                               Range(0, lo_open=True, msg="must be a positive multiplier of the learning rate"))
+    activation: str | None = option(None, "Activation where the architecture allows (default: its own).",
+                                    choice(ACTIVATION_CHOICES))
+    dropout: float | None = option(None, "Dropout rate where the architecture has dropout (default: its own).",
+                                   FRACTION_BELOW_1)
+    # Carved from train, stratified; the test split is never used for validation.
+    val_split: float = option(0.1, "Fraction of train held out for validation (stratified).", FRACTION_BELOW_1)
+    image_size: int | None = option(None, "Side in pixels photos are resized to (default: the data set's, 128).",
+                                    AT_LEAST_1, metavar="PIXELS")
+    limit: int | None = option(None, "Train on a stratified subset of N images.", AT_LEAST_1)
+    balance: bool = option(False, "Undersample to the smallest class.")
+    augment: str = option("none", "none, or a comma list of: flip, altflip, shift, crop, rrc, rotate, zoom, color (on "
+                          "device); crop:N pads N px (default 4); rrc:S random-resized crops of S to 100% of the area "
+                          "(default 0.25).", metavar="OPS")
+    # "unit": x/255 as the seeds did; "standard": per-channel mean/std of train
+    normalize: str = option("unit", "unit (x/255) or standard (per-channel mean/std of train).",
+                            choice(("unit", "standard")))
+    early_stopping: int = option(0, "Stop after N epochs without improvement and restore the best (0 = off).",
+                                 NON_NEGATIVE)
+    monitor: str = option("val_accuracy", "What 'best' means.", choice(("val_accuracy", "val_loss")))
+    seed: int = option(0, "Seed for weights, data order, augmentation and dropout.", SEED)
+    precision: str = option("fp32", "fp32, bf16 (mixed: fp32 master weights) or auto.", choice(PRECISIONS))
+    ema: float = option(0.0, "EMA decay of the weights (0 = off).", FRACTION_BELOW_1)
+    lookahead: bool = option(False, "Every 5 steps move the weights to their EMA (airbench's Lookahead).")
+    tta_flip: bool = option(False, "Test-time: average predictions with the mirror image.")
+    tta_shift: int = option(0, "Test-time: also average over copies shifted by +-N pixels (0 = off).", NON_NEGATIVE)
+    # step.zoomed_view; "": off
+    tta_scales: str = option("", "Test-time: also average over views at these shares of the side: 0.8 = the central "
+                             "80% enlarged, 1.25 = shrunk in a border.", metavar="SCALES")
+    init_from: str | None = option(None, "Start from the weights of another run (transfer learning).", Folder(),
+                                   metavar="RUN_DIR")
+    freeze: str | None = option(None, "features: train only the classifier head (with --init-from).",
+                                choice(("features",)))
+    recipe: str | None = option(None, "A named set of options (see `cnn recipes`); options you type override it.",
+                                choice(RECIPES))
+    out: str = option("runs/train", "Parent folder of run directories.", metavar="DIR")
+    name: str | None = option(None, "Run name (default <arch>-<dataset>, auto-numbered).")
     extra: dict = field(default_factory=dict)  # provenance, filled by the engine (not an option)
 
     def validate(self) -> None:
-        if self.optimizer not in OPTIMIZERS:
-            raise CnnError(f"unknown optimizer {self.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}")
-        if self.schedule not in SCHEDULES:
-            raise CnnError(f"unknown schedule {self.schedule!r}; choose one of {', '.join(SCHEDULES)}")
+        for f in options():
+            if f.metadata["rule"] is not None:
+                f.metadata["rule"].check(flag_of(f.name), getattr(self, f.name))
         for a in augment_list(self.augment):
             name, _, size = a.partition(":")
             if name not in AUGMENTS:
@@ -76,27 +129,7 @@ class TrainConfig:
             elif size and not (name == "crop" and size.isdigit() and int(size) >= 1):
                 raise CnnError(f"bad augmentation {a!r}: only crop takes a size (crop:N, N >= 1 pixels), "
                                f"and rrc an area share (rrc:S)")
-        if self.time_budget < 0:
-            raise CnnError("--time-budget is in minutes; 0 turns it off")
-        if self.epochs < 1 or self.batch_size < 1:
-            raise CnnError("--epochs and --batch-size must be at least 1")
-        if not 0.0 <= self.val_split < 1.0:
-            raise CnnError("--val-split must be in [0, 1)")
-        if self.precision not in ("fp32", "bf16"):
-            raise CnnError("--precision must be fp32 or bf16")
-        if self.normalize not in ("unit", "standard"):
-            raise CnnError("normalize must be 'unit' or 'standard'")
-        if self.monitor not in ("val_accuracy", "val_loss"):
-            raise CnnError("--monitor must be val_accuracy or val_loss")
-        if not (0.0 <= self.lr_start <= 1.0 and 0.0 <= self.lr_end <= 1.0):
-            raise CnnError("--lr-start and --lr-end are fractions of the peak learning rate, in [0, 1]")
-        if self.bn_bias_lr <= 0:
-            raise CnnError("--bn-bias-lr must be a positive multiplier of the learning rate")
-        if self.tta_shift < 0:
-            raise CnnError("--tta-shift must be 0 (off) or a number of pixels")
         scale_list(self.tta_scales)  # raises on a bad list
-        if self.freeze not in (None, "features"):
-            raise CnnError("--freeze takes 'features'")
         if self.freeze and not self.init_from:
             raise CnnError("--freeze features needs --init-from RUN_DIR")
 
@@ -107,6 +140,15 @@ class TrainConfig:
     def from_dict(cls, d: dict) -> "TrainConfig":
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in names})
+
+
+def options() -> list:
+    """The fields that are options (every field but `extra`)."""
+    return [f for f in dataclasses.fields(TrainConfig) if "help" in f.metadata]
+
+
+def options_by_name() -> dict:
+    return {f.name: f for f in options()}
 
 
 def augment_list(spec: str | None) -> list[str]:
@@ -158,16 +200,25 @@ def _fraction(text: str) -> bool:
         return False
 
 
-def resolve(overrides: dict, recipe: dict | None = None) -> TrainConfig:
+def resolve(overrides: dict, recipe: dict | None = None, base: dict | None = None) -> TrainConfig:
     """Global defaults <- the architecture's seed defaults <- recipe <- explicit options.
 
     `overrides` holds only what the user typed (None values are dropped), so a default never
-    hides an architecture's or a recipe's choice.
+    hides an architecture's or a recipe's choice. A recorded config (`base`, from `--config`) is
+    complete: it replaces the defaults and the architecture's, then recipe and overrides apply.
     """
     from ..models import get_arch
 
     given = {k: v for k, v in overrides.items() if v is not None}
     merged = dict(recipe or {})
+    if base is not None:
+        names = {f.name for f in options()}
+        unknown = set(base) - names - RECORDED_NOT_OPTIONS
+        if unknown:
+            raise CnnError(f"unknown training option(s) in the config: {', '.join(sorted(unknown))}")
+        cfg = TrainConfig(**({k: v for k, v in base.items() if k in names} | merged | given))
+        cfg.validate()
+        return cfg
     arch_name = given.get("arch", merged.get("arch", TrainConfig.arch))
     base = dict(get_arch(arch_name).defaults)
     dataset = given.get("dataset", merged.get("dataset", TrainConfig.dataset))

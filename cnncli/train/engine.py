@@ -19,6 +19,7 @@ import numpy as np
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from .. import __version__
 from ..calibrate import NO_VAL, calibrate, summary_line
 from ..calibrate import write as write_calibration
 from ..errors import CnnError
@@ -182,7 +183,7 @@ def fit(cfg: TrainConfig, progress: Progress, resume: Path | None = None) -> dic
     else:
         run_dir = rundir.new_run_dir(cfg.out, cfg.name or f"{cfg.arch}-{Path(cfg.dataset).name}")
         cfg.extra = _provenance(cfg, mesh, steps_per_epoch, bs)
-        record = cfg.to_dict() | {"data": _data_record(ds, mean, std)}
+        record = cfg.to_dict() | {"data": _data_record(ds, mean, std), "cnn_version": __version__}
         write_json(run_dir / "config.json", record)
     progress.note(f"run directory: {run_dir}")
 

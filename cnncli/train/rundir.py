@@ -14,6 +14,8 @@ from pathlib import Path
 from ..errors import CnnError
 from ..fsutil import write_text
 
+CHECKPOINTS = ("best", "last")  # checkpoints/<name>.msgpack of every run
+
 HISTORY_FIELDS = [
     "epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy",
     "lr", "seconds", "elapsed_seconds", "images_per_s",

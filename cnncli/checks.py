@@ -1,0 +1,145 @@
+"""What an option may hold: one rule per option, checked before any work, by the CLI and the library alike.
+
+A rule is a `Range` or a `Choice` (or a comma list of choices). `rule.check(flag, value)` raises
+`CnnError("--lr must be > 0, not -1")`; the CLI turns the same rule into its option's callback, so
+a bad value is a usage error (exit 2) naming the option, and `rule.describe()` goes into `--help`.
+Nothing here imports more than the standard library: the CLI builds its options from these at import.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable, Iterable
+
+from .errors import CnnError
+
+SEED_MAX = 2**32 - 1  # scikit-learn's random_state and NumPy's legacy seeds take 32 bits
+
+
+def _num(v) -> str:
+    return f"{v:g}" if isinstance(v, float) else str(v)
+
+
+class Rule:
+    """What every rule offers: `describe()` for `--help`, `problem(value)` (None when fine) and `check`."""
+
+    def describe(self) -> str:
+        raise NotImplementedError
+
+    def problem(self, value) -> str | None:
+        raise NotImplementedError
+
+    def check(self, flag: str, value):
+        if value is not None and (msg := self.problem(value)):
+            raise CnnError(f"{flag} {msg}")
+        return value
+
+
+@dataclass(frozen=True)
+class Range(Rule):
+    """A number between `lo` and `hi` (either may be None); `lo_open`/`hi_open` exclude the bound itself."""
+
+    lo: float | None = None
+    hi: float | None = None
+    lo_open: bool = False
+    hi_open: bool = False
+    hint: Callable[[float], str | None] | None = None  # a guess at what was meant, for the message
+    why: str = ""  # said after the range, in parentheses
+    msg: str = ""  # said instead of "must be in ..." (kept where a message was already known to users)
+
+    def describe(self) -> str:
+        lo, hi = self.lo, self.hi
+        if lo is not None and hi is not None:
+            return f"in {'(' if self.lo_open else '['}{_num(lo)}, {_num(hi)}{')' if self.hi_open else ']'}"
+        if lo is not None:
+            return f"> {_num(lo)}" if self.lo_open else f">= {_num(lo)}"
+        if hi is not None:
+            return f"< {_num(hi)}" if self.hi_open else f"<= {_num(hi)}"
+        return "a number"
+
+    def problem(self, value) -> str | None:
+        if isinstance(value, float) and not math.isfinite(value):  # nan and inf pass every comparison test
+            return f"must be a finite number {self.describe()}, not {value}"
+        below = self.lo is not None and (value <= self.lo if self.lo_open else value < self.lo)
+        above = self.hi is not None and (value >= self.hi if self.hi_open else value > self.hi)
+        if below or above:
+            if self.msg:
+                return self.msg
+            guess = self.hint(value) if self.hint else None
+            return (f"must be {self.describe()}, not {_num(value)}" + (f" ({self.why})" if self.why else "")
+                    + (f" (did you mean {guess}?)" if guess else ""))
+        return None
+
+
+@dataclass(frozen=True)
+class Choice(Rule):
+    """One of a fixed list of names (from a registry: architectures, optimizers, ...)."""
+
+    values: tuple[str, ...]
+    also: str = ""  # what else is accepted, e.g. "an image folder" (checked by `other`)
+    other: Callable[[str], bool] | None = None
+
+    def describe(self) -> str:
+        return "one of " + ", ".join(self.values) + (f" or {self.also}" if self.also else "")
+
+    def problem(self, value) -> str | None:
+        if value in self.values or (self.other is not None and self.other(value)):
+            return None
+        return f"must be {self.describe()}, not {value!r}"
+
+
+@dataclass(frozen=True)
+class ChoiceList(Choice):
+    """A comma list of names from a fixed list ("train,infer"); empty only when `empty` says so."""
+
+    empty: bool = False
+
+    def describe(self) -> str:
+        return "a comma list of " + ", ".join(self.values) + (f" or {self.also}" if self.also else "")
+
+    def problem(self, value) -> str | None:
+        items = split_list(value)
+        bad = [v for v in items if v not in self.values and not (self.other is not None and self.other(v))]
+        if bad or (not items and not self.empty):
+            return f"must be {self.describe()}, not {value!r}"
+        return None
+
+
+@dataclass(frozen=True)
+class Folder(Rule):
+    """An existing directory (a data dir, a run directory)."""
+
+    def describe(self) -> str:
+        return "an existing folder"
+
+    def problem(self, value) -> str | None:
+        from pathlib import Path
+
+        return None if Path(value).expanduser().is_dir() else f"must be an existing folder, not {str(value)!r}"
+
+
+def split_list(text: str | None) -> list[str]:
+    return [t.strip() for t in (text or "").split(",") if t.strip()]
+
+
+def _percent(value: float) -> str | None:
+    # 95 typed for 0.95; 1.5 is no percentage anyone means
+    return f"{value / 100:g}" if 5 <= value <= 100 else None
+
+
+# A list whose natural home (predict.py) imports NumPy: the CLI needs it at import, and `cnn --help`
+# must not pay ~0.2 s for NumPy.
+INVERT_CHOICES = ("auto", "yes", "no")  # digit photos: turn dark-on-light into light-on-dark?
+
+# The rules several options share.
+POSITIVE = Range(0, lo_open=True)
+NON_NEGATIVE = Range(0)
+AT_LEAST_1 = Range(1)
+FRACTION = Range(0, 1, hint=_percent)  # accuracy, shares: 0.95, not 95
+FRACTION_BELOW_1 = Range(0, 1, hi_open=True, hint=_percent)
+SEED = Range(0, SEED_MAX)
+
+
+def choice(values: Iterable[str], **kw) -> Choice:
+    return Choice(tuple(values), **kw)
