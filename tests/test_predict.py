@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
+from cnncli import __version__
 from cnncli.errors import CnnError
 from cnncli.explain import saliency_map
 from cnncli.predict import centre_digit, collect_inputs, csv_text, describe, predict_files
@@ -145,7 +146,7 @@ def test_json_output(digits, mixed, run_cnn):
     assert code == 1
     good, bad = json.loads(out)
     assert good["class"] == "0" and [t["class"] for t in good["top_k"]][0] == "0" and len(good["top_k"]) == 2
-    assert bad == {"file": str(folder / "empty.jpg"), "error": "empty file"}
+    assert bad == {"file": str(folder / "empty.jpg"), "error": "empty file", "cnn_version": __version__}
 
 
 def test_broken_run_directories_fail_in_one_line(digits, tmp_path, run_cnn):
