@@ -73,6 +73,9 @@ def main() -> None:
         print(f"error: {_bad_value(e)}", file=sys.stderr)
         sys.exit(2)
     except typer.TyperException as e:  # click's other usage errors: no such option, missing option, ...
+        if type(e).__name__ == "NoArgsIsHelpError":  # plain `cnn`: the help itself, as click prints it
+            e.show()
+            sys.exit(2)
         ctx = getattr(e, "ctx", None)
         hint = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
         print(f"error: {e.format_message()}{hint}", file=sys.stderr)

@@ -14,7 +14,7 @@ def bench(
     dataset: Dataset = "mnist",
     input_shape: Annotated[Optional[str], option("--input-shape", metavar="H,W,C",
                                                  help="The input's shape instead of the data set's (no pipeline "
-                                                      "measure).")] = None,
+                                                      "measure).", unset="the data set's")] = None,
     classes: Annotated[int, option("--classes", help="Number of classes with --input-shape.", rule=Range(2),
                                    metavar="K")] = 10,
     batch_size: BatchSize = 128,
@@ -28,7 +28,7 @@ def bench(
     warmup: Annotated[int, option("--warmup", rule=NON_NEGATIVE, help="Untimed steps after compilation.",
                                   metavar="N")] = 2,
     vs: Annotated[str, option("--vs", help="Peers to run in subprocesses (pip install -e '.[bench]').",
-                              rule=ChoiceList(B.PEERS, empty=True), metavar="PEERS")] = "",
+                              rule=ChoiceList(B.PEERS, empty=True), metavar="PEERS", unset="none")] = "",
     pipeline: Annotated[bool, option("--pipeline/--no-pipeline", help="Also time real batches from the data set.",
                                      is_flag=True)] = True,
     data_dir: DataDir = None,

@@ -16,7 +16,7 @@ def download(
         "--data-dir", help="Where the files go (default: $CNN_DATA_DIR, else ~/.cache/cnn/data).", metavar="DIR")] = None,
     from_path: Annotated[Optional[Path], option(
         "--from", help="Import official files or folders you already have (hard-linked or copied into the data dir).",
-        metavar="PATH")] = None,
+        metavar="PATH", unset="none")] = None,
     image_size: Annotated[Optional[int], option(
         "--image-size", help="Cache images at this side in pixels (default: native; 128 for photos).",
         rule=AT_LEAST_1, metavar="PIXELS")] = None,

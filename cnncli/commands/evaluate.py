@@ -20,11 +20,11 @@ def evaluate(
                                            help="Default: all for a plain <dir>/<class>/ folder given with --dataset, "
                                                 "else test.")] = None,
     dataset: Annotated[Optional[str], option("--dataset", help="Evaluate on another data set of the same image shape.",
-                                             metavar="NAME|DIR")] = None,
+                                             metavar="NAME|DIR", unset="the run's own")] = None,
     checkpoint: Annotated[str, option("--checkpoint", help="Which weights to score.", rule=choice(CHECKPOINTS))] = "best",
     predictions: Annotated[Optional[Path], option("--predictions", metavar="CSV",
                                                   help="Write a CSV, one row per image: index, split, file, true, "
-                                                       "predicted, probability, correct.")] = None,
+                                                       "predicted, probability, correct.", unset="none")] = None,
     mistakes: Annotated[Optional[Path], option("--mistakes", metavar="PNG",
                                                help="With --predictions: where the grid of the most confident "
                                                     "mistakes goes (default: beside the CSV, <stem>_mistakes.png).")

@@ -14,9 +14,10 @@ def summary(
     dataset: Annotated[Optional[str], config_option(
         "dataset", help="Take shape and classes from this data set (nothing is loaded).")] = None,
     input_shape: Annotated[Optional[str], option("--input-shape", metavar="H,W,C",
-                                                 help="The input's shape, e.g. 28,28,1 (instead of --dataset).")] = None,
+                                                 help="The input's shape, e.g. 28,28,1 (instead of --dataset).",
+                                                 unset="the data set's")] = None,
     classes: Annotated[Optional[int], option("--classes", help="Number of classes (with --input-shape, or for a folder).",
-                                             rule=Range(2), metavar="K")] = None,
+                                             rule=Range(2), metavar="K", unset="the data set's")] = None,
     image_size: ImageSize = None,
     activation: Activation = None,
     dropout: Dropout = None,

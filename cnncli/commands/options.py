@@ -49,8 +49,13 @@ def _completer(values: tuple[str, ...]):
 
 
 def option(*decls: str, help: str, rule: Rule | None = None, metavar: str | None = None,
-           is_flag: bool = False, **kw):
-    """A `typer.Option` with its rule as callback, its values or range in `--help` and a plain metavar."""
+           is_flag: bool = False, unset: str | None = None, **kw):
+    """A `typer.Option` with its rule as callback, its values or range in `--help` and a plain metavar.
+
+    `unset` says in `--help` what happens when an option whose default is None is not given.
+    """
+    if unset is not None:
+        kw["show_default"] = unset
     if isinstance(rule, Choice) and not isinstance(rule, checks.ChoiceList):
         listed = "[" + "|".join(rule.values) + "]"
         if metavar is None and len(listed) <= _SHORT_CHOICES and not rule.also:
@@ -85,7 +90,10 @@ def config_option(name: str, **kw):
     is_flag = f.default is False or f.default is True
     decls = (f"{flag_of(name)}/--no-{name.replace('_', '-')}",) if is_flag else (flag_of(name),)
     meta = f.metadata
-    return option(*decls, help=kw.pop("help", meta["help"]), rule=kw.pop("rule", meta["rule"]),
+    help = kw.pop("help", meta["help"])
+    if f.default in (None, "") and "(default" not in help:
+        kw.setdefault("unset", meta["unset"] or "none")
+    return option(*decls, help=help, rule=kw.pop("rule", meta["rule"]),
                   metavar=kw.pop("metavar", meta["metavar"]) or _metavar(f.type, meta["rule"]), is_flag=is_flag, **kw)
 
 
@@ -105,7 +113,7 @@ OptArch = Annotated[Optional[str], config_option("arch")]
 BatchSize = Annotated[int, config_option("batch_size")]
 OptBatchSize = Annotated[Optional[int], config_option("batch_size", help="Images per step (default: the arch's).")]
 Epochs = Annotated[Optional[int], config_option("epochs", help="Passes over the training set (default: the arch's).")]
-Limit = Annotated[Optional[int], config_option("limit")]
+Limit = Annotated[Optional[int], config_option("limit", unset="all images")]
 ValSplit = Annotated[Optional[float], config_option("val_split", help="Fraction of train held out for validation "
                                                                       "(stratified; default 0.1).")]
 ImageSize = Annotated[Optional[int], config_option("image_size", help="Square side images are resized to "

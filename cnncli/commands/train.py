@@ -112,10 +112,10 @@ def _parameters() -> list[inspect.Parameter]:
         params.append(inspect.Parameter(f.name, kw, default=f.default, annotation=ann))
     own = {
         "resume": (Optional[Path], option("--resume", help="Continue an interrupted run directory.",
-                                          metavar="RUN_DIR"), None),
+                                          metavar="RUN_DIR", unset="none"), None),
         "config": (Optional[Path], option("--config", metavar="CONFIG_JSON",
                                           help="Rerun a recorded config (RUN/config.json, or a run directory); "
-                                               "options you type override it."), None),
+                                               "options you type override it.", unset="none"), None),
         "print_config": (bool, option("--print-config", is_flag=True,
                                       help="Print the config that would train (JSON, for --config) and stop."), False),
         "json": (bool, Json, False),

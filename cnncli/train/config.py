@@ -35,13 +35,13 @@ def is_folder(value: str) -> bool:
 DATASET = choice(DATASETS, also="an image folder", other=is_folder)
 
 
-def option(default, help: str, rule=None, *, metavar: str | None = None, flag: str | None = None):
+def option(default, help: str, rule=None, *, metavar: str | None = None, unset: str | None = None):
     """A training option: its default, its `--help` text and the rule its value must keep.
 
     `cnn train` builds its command-line options from these fields (commands/train.py), so the
     default `--help` shows, the check a typed value gets and what `config.json` records are one thing.
     """
-    return field(default=default, metadata={"help": help, "rule": rule, "metavar": metavar, "flag": flag})
+    return field(default=default, metadata={"help": help, "rule": rule, "metavar": metavar, "unset": unset})
 
 
 def flag_of(name: str) -> str:
@@ -84,7 +84,8 @@ class TrainConfig:
     val_split: float = option(0.1, "Fraction of train held out for validation (stratified).", FRACTION_BELOW_1)
     image_size: int | None = option(None, "Side in pixels photos are resized to (default: the data set's, 128).",
                                     AT_LEAST_1, metavar="PIXELS")
-    limit: int | None = option(None, "Train on a stratified subset of N images.", AT_LEAST_1)
+    limit: int | None = option(None, "Train on a stratified subset of N images.", AT_LEAST_1,
+                               unset="all images")
     balance: bool = option(False, "Undersample to the smallest class.")
     augment: str = option("none", "none, or a comma list of: flip, altflip, shift, crop, rrc, rotate, zoom, color (on "
                           "device); crop:N pads N px (default 4); rrc:S random-resized crops of S to 100% of the area "
@@ -103,11 +104,11 @@ class TrainConfig:
     tta_shift: int = option(0, "Test-time: also average over copies shifted by +-N pixels (0 = off).", NON_NEGATIVE)
     # step.zoomed_view; "": off
     tta_scales: str = option("", "Test-time: also average over views at these shares of the side: 0.8 = the central "
-                             "80% enlarged, 1.25 = shrunk in a border.", metavar="SCALES")
+                             "80% enlarged, 1.25 = shrunk in a border (default: off).", metavar="SCALES")
     init_from: str | None = option(None, "Start from the weights of another run (transfer learning).", Folder(),
-                                   metavar="RUN_DIR")
+                                   metavar="RUN_DIR", unset="fresh weights")
     freeze: str | None = option(None, "features: train only the classifier head (with --init-from).",
-                                choice(("features",)))
+                                choice(("features",)), unset="train every layer")
     recipe: str | None = option(None, "A named set of options (see `cnn recipes`); options you type override it.",
                                 choice(RECIPES))
     out: str = option("runs/train", "Parent folder of run directories.", metavar="DIR")
