@@ -76,8 +76,9 @@ def _resolve(typed: dict, config: Path | None, o):
     from ..train import resolve
 
     base = _read_config(config) if config is not None else None
-    if "data_dir" not in typed and base is None and os.environ.get("CNN_DATA_DIR"):
-        typed["data_dir"] = os.environ["CNN_DATA_DIR"]  # recorded, so a rerun reads the same files
+    env_dir = os.environ.get("CNN_DATA_DIR")
+    if "data_dir" not in typed and base is None and env_dir and os.path.isdir(env_dir):
+        typed["data_dir"] = env_dir  # recorded, so a rerun reads the same files
     recipe = typed.get("recipe")
     rec = get_recipe(recipe) if recipe else None
     if rec is not None:
