@@ -28,6 +28,8 @@ def parse_args(framework: str) -> argparse.Namespace:
     p.add_argument("--repeats", type=int, default=5, help="timed groups; images/s is their median")
     p.add_argument("--steps", type=int, default=5, help="steps per timed group")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps first (graph building, caches)")
+    p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
+                   help="bf16: the framework's own mixed precision (Keras mixed_bfloat16, torch.autocast)")
     p.add_argument("--serve", action="store_true", help="time one block of N steps per line N on stdin (one mode)")
     args = p.parse_args()
     if args.serve and args.mode == "both":
@@ -61,10 +63,11 @@ def time_steps(run_step, args) -> dict:
 
 
 def serve(framework: str, version: str, run_step, args) -> None:
-    """Warm up, print {"framework", "version", "warmup_s"}, then for each line N on stdin run N steps
+    """Warm up, print {"framework", "version", "warmup_s", "precision"}, then for each line N on stdin run N steps
     and print {"seconds": ...}; end at end of input. The caller alternates the frameworks' blocks."""
     warmup_s = warm_up(run_step, args)
-    print(json.dumps(dict(framework=framework, version=version, warmup_s=warmup_s)), flush=True)
+    print(json.dumps(dict(framework=framework, version=version, warmup_s=warmup_s, precision=args.precision)),
+          flush=True)
     for line in sys.stdin:
         print(json.dumps(dict(seconds=block(run_step, int(line)))), flush=True)
 
@@ -72,7 +75,7 @@ def serve(framework: str, version: str, run_step, args) -> None:
 def emit(framework: str, version: str, args, mode: str, timing: dict) -> None:
     """One JSON line in the shape `cnn bench --json` uses."""
     row = dict(framework=framework, version=version, arch=args.arch, input_shape=list(args.input_shape),
-               batch_size=args.batch_size, mode=mode, **timing)
+               batch_size=args.batch_size, mode=mode, precision=args.precision, **timing)
     print(json.dumps(row), flush=True)
 
 

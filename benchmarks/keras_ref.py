@@ -31,13 +31,17 @@ def build(arch: str, shape: tuple[int, int, int], num_classes: int) -> keras.Seq
                    keras.layers.MaxPooling2D(2, strides=1, padding="same")]
     else:
         layers += [keras.layers.Conv2D(64, 3, strides=2, padding="same", activation="relu")]
-    layers += [keras.layers.Flatten(), keras.layers.Dense(128, activation="relu"), keras.layers.Dense(num_classes)]
+    # The logits in float32, as Keras' mixed-precision guide has it (a no-op in fp32).
+    layers += [keras.layers.Flatten(), keras.layers.Dense(128, activation="relu"),
+               keras.layers.Dense(num_classes, dtype="float32")]
     return keras.Sequential(layers)
 
 
 def main() -> None:
     args = parse_args("keras")
     keras.utils.set_random_seed(0)
+    if args.precision == "bf16":  # bf16 compute, fp32 variables: Keras' mixed precision
+        keras.mixed_precision.set_global_policy("mixed_bfloat16")
     model = build(args.arch, args.input_shape, args.num_classes)
     model.compile(optimizer=keras.optimizers.Adam(1e-3),
                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), jit_compile=False)

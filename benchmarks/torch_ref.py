@@ -45,17 +45,22 @@ def main() -> None:
     x = torch.randn(args.batch_size, c, h, w)
     y = torch.randint(0, args.num_classes, (args.batch_size,))
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    # bf16: autocast runs convolutions and linear layers in bf16 (fp32 weights and optimizer), as
+    # PyTorch's CPU mixed precision does; fp32: a context that does nothing.
+    autocast = lambda: torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.precision == "bf16")  # noqa: E731
 
     def train_step():
         opt.zero_grad(set_to_none=True)
-        loss = F.cross_entropy(model(x), y)
+        with autocast():
+            loss = F.cross_entropy(model(x).float(), y)
         loss.backward()
         opt.step()
         return loss.item()  # forces the step to finish
 
     @torch.inference_mode()
     def infer_step():
-        return model(x).argmax(-1).sum().item()
+        with autocast():
+            return model(x).argmax(-1).sum().item()
 
     if args.serve:
         model.train(args.mode == "train")

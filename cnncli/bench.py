@@ -39,13 +39,15 @@ PEER_ARCHS = ("net1", "net2")
 TRAIN_FLOPS_FACTOR = 3  # forward + input gradient + weight gradient, each about one forward
 
 
-def matmul_peak_gflops(n: int = 2048, repeats: int = 5) -> float:
-    """Median GFLOP/s of an n x n fp32 `jnp.dot` (2 n^3 FLOPs), compilation excluded."""
+def matmul_peak_gflops(n: int = 2048, repeats: int = 5, precision: str = "fp32") -> float:
+    """Median GFLOP/s of an n x n `jnp.dot` (2 n^3 FLOPs), compilation excluded; in bf16 with bf16
+    operands and fp32 accumulation, as the layers compute (a bf16 result gains nothing on AMX)."""
     import jax
     import jax.numpy as jnp
 
-    a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
-    dot = jax.jit(jnp.dot)
+    dtype = jnp.bfloat16 if precision == "bf16" else jnp.float32
+    a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32).astype(dtype)
+    dot = jax.jit(lambda a, b: jnp.dot(a, b, preferred_element_type=jnp.float32))
     dot(a, a).block_until_ready()
     times = []
     for _ in range(repeats):
@@ -135,7 +137,7 @@ def rates(seconds: list[float], batch_size: int, steps: int) -> dict:
 class _Setup:
     """The model, its engine steps and a synthetic uint8 batch for one (arch, shape, classes)."""
 
-    def __init__(self, arch: str, input_shape, num_classes: int, seed: int = 0):
+    def __init__(self, arch: str, input_shape, num_classes: int, seed: int = 0, precision: str = "fp32"):
         import optax
 
         from .models import create_model
@@ -148,6 +150,7 @@ class _Setup:
         self.tx = optax.adam(1e-3)  # net1/net2's optimizer, as in the peers
         self.state = TrainState(params, rest, self.tx.init(params), None)
         self.arch, self.input_shape, self.num_classes = arch, tuple(input_shape), num_classes
+        self.precision = precision
 
     def batch(self, batch_size: int, seed: int = 0):
         import jax
@@ -161,7 +164,27 @@ class _Setup:
     def train_step(self, gather: bool = False):
         from .train.step import make_train_step
 
-        return make_train_step(self.gtrain, self.tx, binary=False, mean=self.mean, std=self.std, gather=gather)
+        return make_train_step(self.gtrain, self.tx, binary=False, mean=self.mean, std=self.std, gather=gather,
+                               precision=self.precision)
+
+
+def tune_layers(setup: _Setup, sizes: dict, modes) -> float:
+    """Trace the train and inference steps so that the tuner measures every layer they meet; seconds.
+    Tracing is enough (each layer asks while traced); the steps are compiled later, when timed."""
+    import jax.numpy as jnp
+    import numpy as np
+
+    from .train.step import make_eval_step, zero_metrics
+
+    t = time.perf_counter()
+    if "train" in modes:
+        x, y, idx = setup.batch(sizes["train"])
+        setup.train_step().lower(setup.state, zero_metrics(), x, y, idx, np.int32(0))
+    if "infer" in modes:
+        x, y, _ = setup.batch(sizes["infer"])
+        step = make_eval_step(setup.geval, binary=False, mean=setup.mean, std=setup.std, precision=setup.precision)
+        step.lower(setup.state.params, setup.state.rest, x, y, jnp.ones((len(y),), jnp.float32))
+    return time.perf_counter() - t
 
 
 def train_timer(setup: _Setup, batch_size: int, warmup: int = 2) -> Timer:
@@ -190,7 +213,7 @@ def infer_timer(setup: _Setup, batch_size: int, warmup: int = 2) -> Timer:
 
     from .train.step import make_eval_step
 
-    step = make_eval_step(setup.geval, binary=False, mean=setup.mean, std=setup.std)
+    step = make_eval_step(setup.geval, binary=False, mean=setup.mean, std=setup.std, precision=setup.precision)
     x, y, _ = setup.batch(batch_size)
     w = jnp.ones((batch_size,), jnp.float32)
     return Timer(lambda: step(setup.state.params, setup.state.rest, x, y, w), jax.block_until_ready, warmup)
@@ -236,7 +259,8 @@ class Peer:
     """A peer's reference script in `--serve` mode: started and warmed up once, then `block(steps)`
     times one group of steps in it (seconds, measured by the peer around its own steps)."""
 
-    def __init__(self, framework: str, arch: str, input_shape, batch_size: int, mode: str, warmup: int):
+    def __init__(self, framework: str, arch: str, input_shape, batch_size: int, mode: str, warmup: int,
+                 precision: str = "fp32"):
         if framework not in PEERS:
             raise PeerError(f"unknown peer {framework!r} (choose from {', '.join(PEERS)})")
         if arch not in PEER_ARCHS:
@@ -245,13 +269,16 @@ class Peer:
             raise PeerError(f"{framework}: not installed (pip install -e '.[bench]'); skipped")
         cmd = [sys.executable, str(BENCH_DIR / f"{framework}_ref.py"), "--arch", arch,
                "--input-shape", ",".join(map(str, input_shape)), "--batch-size", str(batch_size), "--mode", mode,
-               "--warmup", str(warmup), "--serve"]
+               "--warmup", str(warmup), "--precision", precision, "--serve"]
         env = {**os.environ, "XLA_FLAGS": user_xla_flags()}
         self.framework = framework
         self.stderr = tempfile.TemporaryFile("w+")  # a file, not a pipe: TensorFlow's logging cannot fill it and stall
         self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.stderr,
                                      text=True, env=env)
-        self.info = self._reply()  # framework, version, warmup_s
+        self.info = self._reply()  # framework, version, warmup_s, precision
+        if self.info.get("precision", "fp32") != precision:  # like against like, or not at all
+            self.close()
+            raise PeerError(f"{framework}: ran in {self.info.get('precision', 'fp32')}, not {precision}; skipped")
 
     def _reply(self) -> dict:
         for line in self.proc.stdout:  # the next JSON line; a framework's own prints are skipped
@@ -293,7 +320,7 @@ def measure(setup: _Setup, mode: str, batch_size: int, peers: list[str], *, repe
     procs, failed = [], {}
     for peer in peers:
         try:
-            procs.append(Peer(peer, setup.arch, setup.input_shape, batch_size, mode, warmup))
+            procs.append(Peer(peer, setup.arch, setup.input_shape, batch_size, mode, warmup, setup.precision))
         except PeerError as e:
             failed[peer] = str(e)
     try:
@@ -305,12 +332,13 @@ def measure(setup: _Setup, mode: str, batch_size: int, peers: list[str], *, repe
     finally:
         for p in procs:
             p.close()
-    common = dict(arch=setup.arch, input_shape=list(setup.input_shape), batch_size=batch_size, mode=mode)
+    common = dict(arch=setup.arch, input_shape=list(setup.input_shape), batch_size=batch_size, mode=mode,
+                  precision=setup.precision)
     cnn = add_rates(dict(framework="cnn", **common, **rates(seconds["cnn"], batch_size, steps),
                          compile_s=timer.compile_s, warmup_s=timer.warmup_s, matmul_peak_gflops=peak), flops, peak)
     rows = [cnn]
     for p in procs:
-        row = add_rates(dict(**p.info, **common, **rates(seconds[p.framework], batch_size, steps)), flops, peak)
+        row = add_rates(dict(p.info, **common, **rates(seconds[p.framework], batch_size, steps)), flops, peak)
         rows.append(dict(row, cnn_speedup=cnn["images_per_s"] / row["images_per_s"]))
     return rows, failed
 

@@ -235,3 +235,19 @@ def test_torch_reference_is_the_same_network(arch, shape):
 def test_keras_reference_is_the_same_network(arch, shape):
     model = _load_ref("keras_ref").build(arch, shape, 10)
     assert model.count_params() == count_params(create_model(arch, shape, 10))[0]
+
+
+def test_peers_run_in_the_benchmarks_precision(fake_peer):
+    """`--precision bf16` reaches the peer (its ready line says it ran so) and every row carries it."""
+    from typer.testing import CliRunner
+
+    from cnncli.cli import app
+
+    r = CliRunner().invoke(app, ["bench", "--arch", "net2", "--dataset", "digits", "--vs", "fake", "--repeats", "1",
+                                 "--steps", "1", "--warmup", "0", "--no-pipeline", "--modes", "infer",
+                                 "--precision", "bf16", "--json"])
+    assert r.exit_code == 0, r.output
+    rows = [json.loads(line) for line in r.stdout.splitlines() if line.startswith("{")]
+    assert [(x["framework"], x["precision"]) for x in rows] == [("cnn", "bf16"), ("fake", "bf16")]
+    r = CliRunner().invoke(app, ["bench", "--precision", "fp16"])
+    assert r.exit_code == 2 and "fp16" in r.output

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Annotated, Optional
 
 from .. import bench as B  # standard library only: its peer list is --vs's choices
-from ..checks import AT_LEAST_1, NON_NEGATIVE, ChoiceList, Range, split_list
+from ..checks import AT_LEAST_1, NON_NEGATIVE, Choice, ChoiceList, Range, split_list
 from .options import Arch, BatchSize, DataDir, Dataset, option
 
 
@@ -32,6 +32,11 @@ def bench(
     pipeline: Annotated[bool, option("--pipeline/--no-pipeline", help="Also time real batches from the data set.",
                                      is_flag=True)] = True,
     data_dir: DataDir = None,
+    precision: Annotated[str, option("--precision", rule=Choice(("fp32", "bf16")),
+                                     help="cnn's and the peers' alike: bf16 is Keras' mixed_bfloat16 policy and "
+                                          "PyTorch's autocast.")] = "fp32",
+    tune: Annotated[bool, option("--tune", help="Measure every layer's formulations again on this CPU first.",
+                                 is_flag=True)] = False,
     json_out: Annotated[bool, option("--json", help="One JSON object per row on stdout.", is_flag=True)] = False,
 ):
     """Time the real train and inference steps (images/s, GFLOP/s, share of matmul peak) and compare with peers."""
@@ -44,9 +49,15 @@ def bench(
     shape, k = (parse_shape(input_shape), classes) if input_shape else dataset_input(dataset, arch)
     sizes = {"train": batch_size, "infer": infer_batch_size or batch_size}
 
-    peak, cpu = B.matmul_peak_gflops(), B.cpu_info()
+    from .. import tuner
+
+    peak, cpu = B.matmul_peak_gflops(precision=precision), B.cpu_info()
     flops = flops_per_image(arch, shape, k)
-    setup = B._Setup(arch, shape, k)
+    setup = B._Setup(arch, shape, k, precision=precision)
+    if tune:
+        tuner.retune()
+        tune_s = B.tune_layers(setup, sizes, wanted)
+        out.print(f"tuned {len(tuner.measured())} layer ops in {tune_s:.1f} s (kept in {tuner.path()})")
     rows, notes, skipped = [], [], set()
     for mode in wanted:
         got, failed = B.measure(setup, mode, sizes[mode], [p for p in peers if p not in skipped], repeats=repeats,
@@ -74,7 +85,8 @@ def bench(
     _print_table(out, arch, shape, repeats, steps, rows)
     cnn_rows = [r for r in rows if r["framework"] == "cnn"]
     out.print(f"cpu: {cpu['model']}, {cpu['cores']} cores, {cpu['isa']}")
-    out.print(f"matmul peak {peak:.0f} GFLOP/s (fp32 2048^3 jnp.dot); forward {flops / 1e6:.1f} MFLOP/image, "
+    out.print(f"matmul peak {peak:.0f} GFLOP/s ({precision} 2048^3 jnp.dot, fp32 accumulation); "
+              f"forward {flops / 1e6:.1f} MFLOP/image, "
               f"train counted as {B.TRAIN_FLOPS_FACTOR}x")
     for r in cnn_rows:
         out.print(f"cnn {r['mode']}: compile {r['compile_s']:.1f} s, warm-up {r['warmup_s']:.2f} s (excluded)")
@@ -92,5 +104,5 @@ def _print_table(out, arch, shape, repeats, steps, rows) -> None:
     table = [[r["framework"], r["mode"], r["batch_size"], f"{r['images_per_s']:.0f}",
               f"{r['images_per_s_min']:.0f}-{r['images_per_s_max']:.0f}", f"{r['gflops']:.1f}",
               f"{100 * r['peak_share']:.0f}%", f"{r['cnn_speedup']:.2f}x" if "cnn_speedup" in r else ""] for r in rows]
-    out.table(f"{arch} {'x'.join(map(str, shape))}: images/s (median of {repeats} x {steps} steps)",
+    out.table(f"{arch} {'x'.join(map(str, shape))} {rows[0]['precision']}: images/s (median of {repeats} x {steps} steps)",
               ["framework", "mode", "batch", "images/s", "min-max", "GFLOP/s", "of peak", "cnn speed-up"], table)

@@ -146,6 +146,10 @@ def fit(cfg: TrainConfig, progress: Progress, resume: Path | None = None) -> dic
     replicated = NamedSharding(mesh, P())
     feeder = Feeder(mesh, ds.train.x, ds.train.y)
 
+    if cfg.precision == "auto":
+        cfg.precision, why = _auto_precision(cfg, gtrain, params, rest, binary, mean, std, bs, ds.shape, num_classes)
+        progress.note(f"precision: {cfg.precision} ({why})")
+
     def build():
         """The optimizer (its schedule spans cfg.epochs), the initial state and the jitted step."""
         tx = make_optimizer(cfg, steps_per_epoch, trainable, norm_bias_mask(model, params))
@@ -338,6 +342,28 @@ def _calibrate(eval_step, params, rest, mesh, ds, batch_size: int, run_dir: Path
 # airbench94 on CIFAR-10 varied by up to 7% within one run).
 BUDGET_GROUPS = 8
 BUDGET_SHARE = 0.95
+
+
+def _auto_precision(cfg, gtrain, params, rest, binary, mean, std, bs, shape, num_classes) -> tuple[str, str]:
+    """`--precision auto`: bf16 where the CPU has bf16 arithmetic and this train step, timed here in
+    both precisions on a synthetic batch (once per host, model, input and batch; the tuner's cache),
+    is faster in it."""
+    from .precision import resolve
+
+    tx = make_optimizer(cfg, 1, None, None)
+    augment_ops = tuple(augment_list(cfg.augment))
+    steps = {p: make_train_step(gtrain, tx, binary=binary, mean=mean, std=std, augment_ops=augment_ops,
+                                precision=p, seed=cfg.seed, jit=False) for p in ("fp32", "bf16")}
+
+    def inputs():
+        rng = np.random.default_rng(0)
+        x = rng.integers(0, 256, (bs, *shape), dtype=np.uint8)
+        y = rng.integers(0, num_classes, bs).astype(np.int32)
+        state = TrainState(params, rest, tx.init(params), None)
+        return state, zero_metrics(), x, y, np.arange(bs, dtype=np.int32), np.int32(0)
+
+    key = (cfg.arch, tuple(shape), bs, num_classes, augment_ops)
+    return resolve("auto", key, steps, inputs)
 
 
 def _epochs_within_budget(cfg: TrainConfig, train_step, state, feeder, bs: int, steps_per_epoch: int):

@@ -87,6 +87,7 @@ class Run:
     tta_flip: bool = False  # predictions average the image and its mirror, as training's evaluation did
     tta_shift: int = 0  # and copies shifted by +-N px, as training's evaluation did
     tta_scales: tuple = ()  # and views at these shares of the side, as training's evaluation did
+    precision: str = "auto"  # of inference: fp32, bf16, or auto (bf16 where this CPU runs it faster)
     calibration: dict | None = None  # calibration.json (temperature, unsure threshold); None: none written
 
     def preprocess(self, x_uint8):
@@ -102,14 +103,20 @@ class Run:
 
         from .step import make_eval_step, split
 
+        n = len(x_uint8)
         if not hasattr(self, "_eval"):
             _, geval, params, rest = split(self.model)
             self.model.eval()
             self._state = (params, rest)
-            self._eval = make_eval_step(geval, binary=self.binary_head, mean=self.mean, std=self.std,
-                                        tta_flip=self.tta_flip, tta_shift=self.tta_shift, tta_scales=self.tta_scales)
+
+            def step(precision):
+                return make_eval_step(geval, binary=self.binary_head, mean=self.mean, std=self.std, tta_flip=self.tta_flip,
+                                      tta_shift=self.tta_shift, tta_scales=self.tta_scales, precision=precision)
+
+            self.precision, self.precision_note = _inference_precision(self.precision, step, self._state,
+                                                                       (min(batch_size, max(n, 1)), *self.input_shape))
+            self._eval = step(self.precision)
         out = []
-        n = len(x_uint8)
         for i in range(0, n, batch_size):
             xb = np.asarray(x_uint8[i : i + batch_size])
             m = len(xb)
@@ -121,6 +128,21 @@ class Run:
             if progress is not None:
                 progress(m)
         return np.concatenate(out) if out else np.zeros((0, len(self.classes)), np.float32)
+
+
+def _inference_precision(requested, step, state, batch_shape) -> tuple[str, str]:
+    """`precision.resolve` for an eval step: fp32 and bf16 steps timed on a zero batch of the real shape."""
+    import jax
+    import numpy as np
+
+    from .precision import resolve
+
+    if requested != "auto":
+        return resolve(requested, (), {}, None)
+    n = batch_shape[0]
+    inputs = lambda: (*state, np.zeros(batch_shape, np.uint8), np.zeros(n, np.int32), np.ones(n, np.float32))  # noqa: E731
+    key = ("eval", tuple(batch_shape), tuple((tuple(a.shape), a.dtype.name) for a in jax.tree.leaves(state)))
+    return resolve("auto", key, {"fp32": step("fp32"), "bf16": step("bf16")}, inputs)
 
 
 def load_run(run_dir, which: str = "best") -> Run:

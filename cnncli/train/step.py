@@ -17,7 +17,7 @@ from flax import nnx
 from .augment import alternating_flip, augment, normalize, to_unit
 
 
-EVAL_CHUNK = 128
+EVAL_CHUNKS = (64, 128, 256)  # slice sizes of an inference batch to measure (`_eval_chunk`)
 
 
 class TrainState(NamedTuple):
@@ -63,8 +63,22 @@ def probabilities(logits, binary: bool):
     return jax.nn.softmax(logits, -1)
 
 
+def compute_dtype_of(precision: str):
+    from .precision import compute_dtype
+
+    return compute_dtype(precision)
+
+
+def to_compute(params, dtype):
+    """The params as the layers compute with them: bf16 copies for mixed precision (their gradients
+    come back to the fp32 masters through the cast), unchanged in fp32."""
+    if dtype == jnp.float32:
+        return params
+    return jax.tree.map(lambda p: p.astype(dtype) if jnp.issubdtype(p.dtype, jnp.floating) else p, params)
+
+
 def make_train_step(gtrain, tx, *, binary, mean, std, augment_ops=(), smoothing=0.0, ema_decay=0.0,
-                    precision="fp32", seed=0, gather=False, steps_per_epoch=1):
+                    precision="fp32", seed=0, gather=False, steps_per_epoch=1, jit=True):
     """step(state, metrics, x_uint8, y, idx, step) -> (state, metrics). Jitted; state and metrics donated.
 
     `idx` are the images' positions in the training set. With `gather=True`:
@@ -72,7 +86,7 @@ def make_train_step(gtrain, tx, *, binary, mean, std, augment_ops=(), smoothing=
     """
     base_key = jax.random.key(seed + 7919)
     flip_key = jax.random.key(seed + 104729)  # the same for every step: which half starts mirrored
-    compute_dtype = jnp.bfloat16 if precision == "bf16" else jnp.float32
+    compute_dtype = compute_dtype_of(precision)
 
     def step_fn(state: TrainState, metrics, x, y, idx, step):
         x = to_unit(x)
@@ -83,8 +97,7 @@ def make_train_step(gtrain, tx, *, binary, mean, std, augment_ops=(), smoothing=
         x = normalize(x, mean, std).astype(compute_dtype)
 
         def loss_fn(params, rest):
-            if compute_dtype != jnp.float32:  # mixed precision: fp32 master weights, low-precision compute
-                params = jax.tree.map(lambda p: p.astype(compute_dtype), params)
+            params = to_compute(params, compute_dtype)  # mixed precision: fp32 master weights
             model = nnx.merge(gtrain, params, rest, copy=True)
             losses, pred = per_example_loss(model(x), y, binary, smoothing)
             _, _, new_rest = nnx.split(model, nnx.Param, ...)
@@ -105,7 +118,8 @@ def make_train_step(gtrain, tx, *, binary, mean, std, augment_ops=(), smoothing=
         # Device-resident data (see feed.py): the batch is gathered inside the step.
         return step_fn(state, metrics, x_all[idx], y_all[idx], idx, step)
 
-    return jax.jit(gather_fn, donate_argnums=(0, 1)) if gather else jax.jit(step_fn, donate_argnums=(0, 1))
+    fn = gather_fn if gather else step_fn
+    return jax.jit(fn, donate_argnums=(0, 1)) if jit else fn
 
 
 def tta_views(x, flip: bool, shift: int, scales=()) -> list:
@@ -140,12 +154,14 @@ def zoomed_view(x, share: float):
     return jax.image.resize(x, (n, h, w, c), "bilinear", antialias=True)
 
 
-def make_eval_step(geval, *, binary, mean, std, tta_flip=False, tta_shift=0, tta_scales=()):
-    """eval(params, rest, x_uint8, y, weight) -> (loss_sum, correct, probs). Padding rows have weight 0."""
+def make_eval_step(geval, *, binary, mean, std, tta_flip=False, tta_shift=0, tta_scales=(), precision="fp32"):
+    """eval(params, rest, x_uint8, y, weight) -> (loss_sum, correct, probs). Padding rows have weight 0.
+    In bf16 the layers compute as in training's mixed precision; probabilities and losses are fp32."""
+    dtype = compute_dtype_of(precision)
 
     def chunk_fn(params, rest, x, y):
-        x = normalize(to_unit(x), mean, std)
-        model = nnx.merge(geval, params, rest, copy=True)
+        x = normalize(to_unit(x), mean, std).astype(dtype)
+        model = nnx.merge(geval, to_compute(params, dtype), rest, copy=True)
         logits = model(x)
         probs = probabilities(logits, binary)
         losses = per_example_loss(logits, y, binary)[0]
@@ -155,15 +171,41 @@ def make_eval_step(geval, *, binary, mean, std, tta_flip=False, tta_shift=0, tta
             losses = -jnp.log(jnp.clip(jnp.take_along_axis(probs, y[:, None], 1)[:, 0], 1e-7, 1.0))
         return losses, probs
 
+    def chunked(c):
+        def run(params, rest, x, y):
+            parts = [chunk_fn(params, rest, x[i : i + c], y[i : i + c]) for i in range(0, x.shape[0], c)]
+            return tuple(jnp.concatenate(t) for t in zip(*parts))
+        return run
+
     def eval_fn(params, rest, x, y, w):
-        n = x.shape[0]
-        # XLA:CPU's convolutions run ~1.8x faster per image on 128-image slices than on one batch of
-        # 1024 (measured on net1); the slices are unrolled (a rolled loop is slower again). On several
-        # devices the batch is already split across them, so it is left whole.
-        c = EVAL_CHUNK if jax.device_count() == 1 and n > EVAL_CHUNK and n % EVAL_CHUNK == 0 else n
-        parts = [chunk_fn(params, rest, x[i : i + c], y[i : i + c]) for i in range(0, n, c)]
-        losses, probs = (jnp.concatenate(t) for t in zip(*parts))
+        losses, probs = chunked(_eval_chunk(chunked, params, rest, x, precision))(params, rest, x, y)
         correct = (jnp.argmax(probs, -1) == y).astype(jnp.float32)
         return (losses * w).sum(), (correct * w).sum(), probs
 
     return jax.jit(eval_fn)
+
+
+def _eval_chunk(chunked, params, rest, x, precision) -> int:
+    """Images per slice of an inference batch (the slices unrolled), as measured here: on the AVX2
+    EPYC XLA:CPU's convolutions ran ~1.8x faster per image on 128-image slices than on one batch of
+    1024. On several devices the batch is already split across them, so it stays whole."""
+    from .. import tuner
+
+    n = x.shape[0]
+    sizes = [n] + [c for c in EVAL_CHUNKS if c < n and n % c == 0]
+    if jax.device_count() > 1 or len(sizes) == 1:
+        return n
+    arrays = jax.tree.leaves((params, rest))
+    key = (tuple(x.shape), precision, tuple((tuple(a.shape), a.dtype.name) for a in arrays))
+
+    def inputs():  # zeros of the same shapes (a dropout's RNG key: a zero key): values do not change the speed
+        def zeros(a):
+            if jnp.issubdtype(a.dtype, jax.dtypes.prng_key):
+                data = jax.eval_shape(jax.random.key_data, a)
+                return jax.random.wrap_key_data(jnp.zeros(data.shape, data.dtype), impl=jax.random.key_impl(a))
+            return jnp.zeros(a.shape, a.dtype)
+
+        return (jax.tree.map(zeros, params), jax.tree.map(zeros, rest), jnp.zeros(x.shape, x.dtype),
+                jnp.zeros((n,), jnp.int32))
+
+    return int(tuner.choose("eval_chunk", key, {str(c): chunked(c) for c in sizes}, inputs))
