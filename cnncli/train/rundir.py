@@ -87,8 +87,8 @@ class Run:
     tta_flip: bool = False  # predictions average the image and its mirror, as training's evaluation did
     tta_shift: int = 0  # and copies shifted by +-N px, as training's evaluation did
     tta_scales: tuple = ()  # and views at these shares of the side, as training's evaluation did
-    precision: str = "auto"  # of inference: fp32, bf16, or auto (bf16 where this CPU runs it faster)
     calibration: dict | None = None  # calibration.json (temperature, unsure threshold); None: none written
+    precision: str = "auto"  # of inference: fp32, bf16, or auto (bf16 where this CPU runs it faster)
 
     def preprocess(self, x_uint8):
         """uint8 NHWC -> the float batch the model was trained on."""
