@@ -74,7 +74,7 @@ def test_conv_candidates_equal_lax(size, kernel, stride, padding, cin, dtype):
         assert got.dtype == x.dtype, name
         _close(got, want, tol, name)
     for name, fn in layers.IGRAD.items():
-        if name == "im2col" and stride > 1:  # the stride-1 identity only
+        if name.startswith("im2col") and stride > 1:  # the stride-1 identity only
             continue
         _close(jax.jit(fn, static_argnums=(2, 3, 4))(dy, k, x.shape, strides, pads), dx_want, tol, name)
     for name, fn in layers.KGRAD.items():

@@ -169,15 +169,16 @@ def _fwd_xla(x, kernel, strides, pads):
                                     preferred_element_type=F32).astype(x.dtype)
 
 
-def _fwd_im2col(x, kernel, strides, pads):
+def _fwd_im2col(x, kernel, strides, pads, whole=False):
     """Patches (pixels x kh*kw*Cin) times the (kh*kw*Cin x Cout) kernel, in cache-sized batch chunks.
     With 3 input channels XLA:CPU's own convolution ran at ~32 GFLOP/s on the AVX2 EPYC; in bf16
     this is the form that reaches the AMX/AVX512_BF16 matmul (net1's 32->64 layer: 270 GFLOP/s
-    against 58 for XLA's fp32 convolution on the AMX Xeon)."""
+    against 58 for XLA's fp32 convolution on the AMX Xeon). `whole`: one product for the batch (a
+    larger product, a patch matrix that does not stay in cache)."""
     kh, kw, _, cout = kernel.shape
     n = x.shape[0]
     out_hw = _out_hw(x.shape, (kh, kw), strides, pads)
-    c = _patch_chunk(n, out_hw, kernel.shape, x.dtype.itemsize)
+    c = n if whole else _patch_chunk(n, out_hw, kernel.shape, x.dtype.itemsize)
     w = kernel.reshape(-1, cout)
 
     def chunk(i):
@@ -211,7 +212,8 @@ def _fwd_slices(x, kernel, strides, pads):
 
 
 SLICE_TERMS = 36  # a sum of more terms than this compiles to an unrolled program too large to be a candidate
-CONV_FWD = {"xla": _fwd_xla, "im2col": _fwd_im2col, "slices": _fwd_slices}
+CONV_FWD = {"xla": _fwd_xla, "im2col": _fwd_im2col, "im2col_whole": functools.partial(_fwd_im2col, whole=True),
+            "slices": _fwd_slices}
 
 
 def _conv_forward(x, kernel, strides, pads):
@@ -229,7 +231,7 @@ def _igrad_xla(dy, kernel, x_shape, strides, pads):
     return jax.vjp(lambda x: _fwd_xla(x, kernel, strides, pads), x0)[1](dy)[0]
 
 
-def _igrad_im2col(dy, kernel, x_shape, strides, pads):
+def _igrad_im2col(dy, kernel, x_shape, strides, pads, whole=False):
     """Stride 1: dx is the forward convolution of dy, padded by (k - 1 - pad) (negative: cropped), with
     the spatially flipped kernel, Cin and Cout swapped; here in its im2col form."""
     kh, kw = kernel.shape[:2]
@@ -238,7 +240,7 @@ def _igrad_im2col(dy, kernel, x_shape, strides, pads):
     dyp = lax.pad(dy, zero, ((0, 0, 0), (kh - 1 - top, kh - 1 - bottom, 0), (kw - 1 - left, kw - 1 - right, 0),
                              (0, 0, 0)))
     flipped = kernel[::-1, ::-1].transpose(0, 1, 3, 2)
-    return _fwd_im2col(dyp, flipped, (1, 1), ((0, 0), (0, 0)))
+    return _fwd_im2col(dyp, flipped, (1, 1), ((0, 0), (0, 0)), whole)
 
 def _igrad_phases(dy, kernel, x_shape, strides, pads):
     """d(loss)/d(x) of a strided convolution as sh*sw stride-1 convolutions, one per input phase.
@@ -292,14 +294,15 @@ def _igrad_col2im(dy, kernel, x_shape, strides, pads):
     return _map_chunks(chunk, n, c)
 
 
-IGRAD = {"xla": _igrad_xla, "im2col": _igrad_im2col, "phases": _igrad_phases, "col2im": _igrad_col2im}
+IGRAD = {"xla": _igrad_xla, "im2col": _igrad_im2col, "im2col_whole": functools.partial(_igrad_im2col, whole=True),
+         "phases": _igrad_phases, "col2im": _igrad_col2im}
 
 
 def _input_grad(dy, kernel, x_shape, strides, pads):
     """d(loss)/d(x) of `_conv`. For a network's input it is unused and XLA drops it (its forms are
     still measured once: a second or so at a first layer's first use)."""
     strided = strides != (1, 1)
-    name = _pick("conv_igrad", IGRAD, lambda n: n == "col2im" or (n == "im2col") != strided,
+    name = _pick("conv_igrad", IGRAD, lambda n: n == "col2im" or n.startswith("im2col") != strided,
                  [(dy.shape, dy.dtype), (kernel.shape, kernel.dtype)], x_shape=tuple(x_shape), strides=strides,
                  pads=pads)
     return IGRAD[name](dy, kernel, x_shape, strides, pads)
