@@ -203,14 +203,19 @@ def metrics(y: np.ndarray, probs: np.ndarray, classes: list[str]) -> dict:
     }
 
 
+def run_data_dir(cfg: dict):
+    """The data dir a run trained from, or None when it is gone (moved, another machine): then the
+    loader falls back on $CNN_DATA_DIR / the default place."""
+    data_dir = cfg.get("data_dir")
+    return None if data_dir and not Path(data_dir).expanduser().exists() else data_dir
+
+
 def dataset_for(run, other: str | None = None):
     """(Dataset, notes): the run's own data set rebuilt from config.json, or `other` checked against the model."""
     from .data import get_spec, load_dataset
 
     cfg = run.config
-    data_dir = cfg.get("data_dir")
-    if data_dir and not Path(data_dir).expanduser().exists():
-        data_dir = None  # moved or another machine: fall back on $CNN_DATA_DIR / the default place
+    data_dir = run_data_dir(cfg)
     notes = []
     if other is None:
         ds = load_dataset(cfg["dataset"], data_dir=data_dir, image_size=cfg.get("image_size"),

@@ -153,13 +153,10 @@ def split_images(run, split: str):
     """(iterable of images at their own size, labels, what they are) for the run's `split`: the source
     photos where they are on this machine, else the arrays the data set loads."""
     from .data.loader import source_split
-    from .evaluate import dataset_for
+    from .evaluate import dataset_for, run_data_dir
 
     cfg = run.config
-    data_dir = cfg.get("data_dir")
-    if data_dir and not Path(data_dir).expanduser().exists():
-        data_dir = None  # moved or another machine: as evaluate falls back
-    part = source_split(cfg["dataset"], split, data_dir=data_dir, val_split=cfg.get("val_split", 0.0),
+    part = source_split(cfg["dataset"], split, data_dir=run_data_dir(cfg), val_split=cfg.get("val_split", 0.0),
                         limit=cfg.get("limit"), balance=bool(cfg.get("balance")), seed=cfg.get("seed", 0))
     mode = "L" if run.input_shape[-1] == 1 else "RGB"
     if part is not None and len(part.y):
