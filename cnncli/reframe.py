@@ -226,10 +226,11 @@ def reframe_run(run_dir, split: str = "test", kinds=None, checkpoint: str = "bes
 
 
 def _samples_png(arrays: dict, y, classes, path: Path) -> Path:
-    """The first SAMPLES_SHOWN images of every kind, one row per kind."""
+    """SAMPLES_SHOWN images of every kind, one row per kind, spread over the split (which lists its
+    images class by class, so every class shows)."""
     from . import plots
 
-    n = min(SAMPLES_SHOWN, len(y))
-    images = [arrays[k][i] for k in arrays for i in range(n)]
-    labels = [f"{k}: {classes[y[i]]}" for k in arrays for i in range(n)]
-    return plots.image_grid(images, labels, path, "re-framed images as the model sees them", cols=n)
+    picked = np.unique(np.linspace(0, len(y) - 1, min(SAMPLES_SHOWN, len(y))).round().astype(int))
+    images = [arrays[k][i] for k in arrays for i in picked]
+    labels = [f"{k}: {classes[y[i]]}" for k in arrays for i in picked]
+    return plots.image_grid(images, labels, path, "re-framed images as the model sees them", cols=len(picked))
