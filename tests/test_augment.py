@@ -52,6 +52,12 @@ def test_rrc_in_the_augmentation_is_seeded_and_keeps_the_range():
     whole = augment(jax.random.key(1), x, ("rrc:1",))  # area 100%: aspect changes only, some crop each
     assert whole.shape == x.shape
     assert rrc_min_scale(["flip", "rrc"]) == 0.25 and rrc_min_scale(["rrc:0.5"]) == 0.5 and rrc_min_scale(["crop"]) is None
+    # With flip, the mirror is folded into the crop (see augment): the same images as mirroring after it.
+    key = jax.random.key(7)
+    flip = jax.random.bernoulli(jax.random.split(key, 4)[0], 0.5, (8, 1, 1, 1))
+    crop = resized_crops(x, rrc_boxes(jax.random.fold_in(key, 5), 8, 16, 12, 0.25))
+    assert 0 < int(flip.sum()) < 8
+    np.testing.assert_allclose(augment(key, x, ("rrc", "flip")), jnp.where(flip, crop[:, :, ::-1], crop), atol=1e-6)
     for bad in ("rrc:0", "rrc:1.5", "rrc:x"):
         with pytest.raises(CnnError, match="rrc:S takes the smallest crop's share"):
             resolve({"augment": bad})
