@@ -6,6 +6,7 @@ Heavy libraries (JAX, Flax, TFDS, matplotlib) are imported inside the commands s
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import Annotated
 
@@ -14,9 +15,10 @@ import typer
 from . import __version__
 from .commands import bench, compare, data, evaluate, models, predict, recipes, train
 from .commands.options import option
-from .errors import CnnError
+from .guard import Group
 
 app = typer.Typer(
+    cls=Group,  # Ctrl-C, broken pipes and OSErrors end as guard.py says, not as Typer would
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     # Help text is printed as written (Rich markup would eat "[bench]"), in the plain layout of click tools.
@@ -59,31 +61,34 @@ for _name, _fn in (
 
 
 def main() -> None:
-    """Entry point: user errors end in one line and a non-zero exit, never a traceback."""
+    """Entry point: user errors end in one line and a non-zero exit, never a traceback (see guard.py)."""
+    from . import distributed
+    from .guard import run
     from .runtime import tune_allocator, tune_xla
 
+    if distributed.wanted() and not os.environ.get(distributed.SUPERVISED):
+        sys.exit(distributed.supervise())  # one process of a multi-process job: see distributed.py
     tune_allocator()  # before JAX starts its threads (see runtime.py: up to half of a step otherwise)
     tune_xla()  # before JAX first computes (see runtime.py: convolutions on both cores)
+    run(_run_app)
+
+
+def _run_app() -> int:
+    """The app's exit code; usage errors (click's) printed as one line."""
     try:
         code = app(standalone_mode=False)  # usage errors come here, to be printed as one line
-    except CnnError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(e.exit_code)
     except typer.BadParameter as e:
         print(f"error: {_bad_value(e)}", file=sys.stderr)
-        sys.exit(2)
+        return 2
     except typer.TyperException as e:  # click's other usage errors: no such option, missing option, ...
         if type(e).__name__ == "NoArgsIsHelpError":  # plain `cnn`: the help itself, as click prints it
             e.show()
-            sys.exit(2)
+            return 2
         ctx = getattr(e, "ctx", None)
         hint = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
         print(f"error: {e.format_message()}{hint}", file=sys.stderr)
-        sys.exit(getattr(e, "exit_code", 2))
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        sys.exit(130)
-    sys.exit(code if isinstance(code, int) else 0)
+        return getattr(e, "exit_code", 2)
+    return code if isinstance(code, int) else 0
 
 
 def _bad_value(e) -> str:

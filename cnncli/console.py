@@ -17,9 +17,11 @@ from rich.table import Table
 class Out:
     def __init__(self, json: bool = False):
         self.json = json
-        stream = sys.stderr if json else sys.stdout
         # force_terminal=None lets Rich detect a TTY; off a TTY it prints plain text, no colour codes.
-        self.console = Console(file=stream, highlight=False, soft_wrap=True)
+        # No file given: Rich writes to sys.stdout / sys.stderr as they are at each print (a
+        # multi-process job moves sys.stderr off fd 2, see distributed.py).
+        self.console = Console(stderr=json, highlight=False, soft_wrap=True)
+        self.console.on_broken_pipe = _closed  # Rich would exit 1 itself; guard.py ends quietly
         self.is_tty = self.console.is_terminal
 
     def print(self, *args, **kwargs) -> None:
@@ -97,6 +99,10 @@ def task_progress(label: str, total: int | None, unit: str = "images", show_belo
             console.print(f"{label}: {done:,}{of} {unit}, {now - start:.0f} s")
 
     yield advance
+
+
+def _closed() -> None:
+    raise BrokenPipeError(32, "output closed")
 
 
 def fmt(v) -> str:

@@ -214,13 +214,15 @@ def dataset_for(run, other: str | None = None):
     """(Dataset, notes): the run's own data set rebuilt from config.json, or `other` checked against the model."""
     from .data import get_spec, load_dataset
 
+    from .train.config import seed_value
+
     cfg = run.config
     data_dir = run_data_dir(cfg)
     notes = []
     if other is None:
         ds = load_dataset(cfg["dataset"], data_dir=data_dir, image_size=cfg.get("image_size"),
                           val_split=cfg.get("val_split", 0.0), limit=cfg.get("limit"),
-                          balance=bool(cfg.get("balance")), seed=cfg.get("seed", 0))
+                          balance=bool(cfg.get("balance")), seed=seed_value(cfg.get("seed", 0)))
         recorded = cfg.get("data", {}).get("fingerprint")
         if recorded and recorded != ds.fingerprint:
             notes.append("the data set's files or preprocessing changed since training (fingerprint differs)")
@@ -229,7 +231,7 @@ def dataset_for(run, other: str | None = None):
     # of fixed shape keeps its own, so MNIST never passes for an 8x8 digits set.
     fixed = get_spec(other).shape[0] is not None
     ds = load_dataset(other, data_dir=data_dir, image_size=None if fixed else run.input_shape[0], val_split=0.0,
-                      seed=cfg.get("seed", 0))
+                      seed=seed_value(cfg.get("seed", 0)))
     if tuple(ds.shape) != tuple(run.input_shape):
         raise CnnError(f"data set {other!r} has images of shape {tuple(ds.shape)} but the model takes "
                        f"{tuple(run.input_shape)}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import tempfile
@@ -17,8 +18,11 @@ def atomic_path(path: str | os.PathLike):
     On error the temporary file is removed and `path` is untouched.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as e:
+        raise _naming(e, path, None) from None
     os.close(fd)
     try:
         yield Path(tmp)
@@ -27,9 +31,11 @@ def atomic_path(path: str | os.PathLike):
         with open(tmp, "rb") as f:  # flush file contents to disk before the rename
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if isinstance(e, OSError):
+            raise _naming(e, path, tmp) from None
         raise
 
 
@@ -45,6 +51,18 @@ def current_umask() -> int:
     mask = os.umask(0o022)  # no /proc (macOS): set and restore at once
     os.umask(mask)
     return mask
+
+
+# Errors of the disk rather than of the caller's work: they get the destination's name (a write's
+# ENOSPC names no file, mkstemp's EROFS names a temporary one), so the user's one line says where.
+_DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO, errno.EFBIG,
+                errno.ENOTDIR}
+
+
+def _naming(e: OSError, path: Path, tmp) -> OSError:
+    if e.errno in _DISK_ERRNOS and e.filename in (None, tmp, str(tmp)):
+        return type(e)(e.errno, e.strerror, str(path))
+    return e
 
 
 def write_bytes(path, data: bytes) -> None:

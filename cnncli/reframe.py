@@ -154,10 +154,12 @@ def split_images(run, split: str):
     photos where they are on this machine, else the arrays the data set loads."""
     from .data.loader import source_split
     from .evaluate import dataset_for, run_data_dir
+    from .train.config import seed_value
 
     cfg = run.config
     part = source_split(cfg["dataset"], split, data_dir=run_data_dir(cfg), val_split=cfg.get("val_split", 0.0),
-                        limit=cfg.get("limit"), balance=bool(cfg.get("balance")), seed=cfg.get("seed", 0))
+                        limit=cfg.get("limit"), balance=bool(cfg.get("balance")),
+                        seed=seed_value(cfg.get("seed", 0)))  # as training computed with it
     mode = "L" if run.input_shape[-1] == 1 else "RGB"
     if part is not None and len(part.y):
         from .data.sources import ArrayItems

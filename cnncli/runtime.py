@@ -33,8 +33,10 @@ def setup_jax() -> None:
     cache = Path(os.environ.get("CNN_CACHE_DIR", Path.home() / ".cache" / "cnn")) / "xla"
     jax.config.update("jax_compilation_cache_dir", str(cache))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
-    if os.environ.get("JAX_COORDINATOR_ADDRESS") and int(os.environ.get("JAX_NUM_PROCESSES", "1")) > 1:
-        jax.distributed.initialize()
+    from . import distributed
+
+    if distributed.wanted():  # gloo collectives, a peer timeout, one-line errors: see distributed.py
+        distributed.initialize()
 
 
 def tune_xla() -> bool:

@@ -386,27 +386,24 @@ def test_download_offline_fails_fast_with_one_line(tmp_path):
 
 
 def test_online_download_moves_the_official_files_into_place(tmp_path, fresh_cache, data_dir, monkeypatch):
-    import shutil
-
-    import tensorflow_datasets as tfds
+    import functools
+    import threading
+    from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 
     from cnncli.data import download
 
-    class FakeManager:  # stands in for TFDS's download manager: "downloads" from ../shared/data
-        def __init__(self, download_dir):
-            self.dir = Path(download_dir)
-
-        def download(self, urls):
-            self.dir.mkdir(parents=True)
-            return {n: shutil.copy(data_dir / "mnist" / n, self.dir / f"host_{n}") for n in urls}
-
-    with socket.socket() as server:  # a listening local port: the probe must call it online
-        server.bind(("127.0.0.1", 0))
-        server.listen()
-        monkeypatch.setenv("CNN_DOWNLOAD_PROBE", "127.0.0.1:%d" % server.getsockname()[1])
-        monkeypatch.setattr(tfds.download, "DownloadManager", FakeManager)
+    # A mirror on 127.0.0.1 serving ../shared/data's files: the real HTTP path, no network.
+    handler = functools.partial(SimpleHTTPRequestHandler, directory=str(data_dir / "mnist"))
+    handler.log_message = lambda *a: None
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        monkeypatch.setenv("CNN_DOWNLOAD_MIRROR", "http://127.0.0.1:%d/" % server.server_address[1])
         ds = download.download("mnist", data_dir=tmp_path / "data")
-    assert sorted(p.name for p in (tmp_path / "data" / "mnist").iterdir()) == sorted(MNIST_MD5)  # staging removed
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert sorted(p.name for p in (tmp_path / "data" / "mnist").iterdir()) == sorted(MNIST_MD5)  # no temporaries
     assert ds.info["counts"]["train"][:2] == [5923, 6742]
 
 

@@ -12,21 +12,30 @@ Layout, under $CNN_CACHE_DIR (else ~/.cache/cnn):
 The key hashes the source's identity (paths, sizes, mtimes of its files) and the
 preprocessing (image size, mode), so a changed source or size gets a new entry and the stale
 entry of the same source is removed. Every file is written atomically (`fsutil.atomic_path`).
+
+meta.json lists each array file's size, mtime and CRC-32. Opening an entry compares sizes and
+mtimes (a stat per file); only a file whose mtime changed since it was written is read whole to
+compare its CRC (~0.1 s for CIFAR-10's 184 MB, see `damage`). A damaged entry is rebuilt by the
+loader, with a note.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import re
 import shutil
 import time
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from .. import locks
+from ..faultpoints import point
 from ..fsutil import atomic_path, write_json
 
 CACHE_VERSION = 1  # bump when the meaning of cached arrays changes
@@ -80,15 +89,33 @@ def open_entry(name: str, key: str) -> Entry | None:
 def write_entry(name: str, key: str, meta: dict, splits: dict) -> Entry:
     """Save {split: (x, y, ids)} and then meta.json; remove stale entries of the same source."""
     folder = entry_dir(name, key)
+    for tmp in folder.glob(".*.tmp") if folder.is_dir() else ():  # left by a writer killed mid-file (the
+        # caller holds `building`, so no other writer is at work here)
+        tmp.unlink(missing_ok=True)
+    files = {}
     for split, arrays in splits.items():
         for part, arr in zip(("x", "y", "ids"), arrays):
-            with atomic_path(folder / f"{split}_{part}.npy") as tmp, open(tmp, "wb") as f:
+            path = folder / f"{split}_{part}.npy"
+            with atomic_path(path) as tmp, open(tmp, "wb") as f:
                 np.save(f, np.ascontiguousarray(arr))
-    meta = {**meta, "key": key, "cache_version": CACHE_VERSION, "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
+            files[path.name] = _stamp(path, crc32(path))
+            point("cache-array-written")
+    meta = {**meta, "key": key, "cache_version": CACHE_VERSION, "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            "files": files}
     write_json(folder / "meta.json", meta)
     entry = Entry(folder, meta)
     _remove_stale(entry)
     return entry
+
+
+@contextlib.contextmanager
+def building(name: str, key: str):
+    """Held while one process builds the entry of `key` (its lock file is in <cache>/locks/)."""
+    folder = entry_dir(name, key)
+    where = cache_root() / "locks"
+    where.mkdir(parents=True, exist_ok=True)
+    with locks.held(where, f"building the cache entry {folder.name}", wait=True, name=f"{folder.name}.lock"):
+        yield
 
 
 def list_entries() -> list[Entry]:
@@ -119,6 +146,54 @@ def _read_entry(folder: Path, key: str | None = None) -> Entry | None:
     if not all(f.is_file() for f in needed):
         return None
     return Entry(folder, meta)
+
+
+def crc32(path: Path, chunk: int = 8 << 20) -> int:
+    """CRC-32 of a file, read in chunks (zlib's runs at several GB/s here)."""
+    crc = 0
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            crc = zlib.crc32(block, crc)
+    return crc
+
+
+def _stamp(path: Path, crc: int) -> dict:
+    st = path.stat()
+    return {"bytes": st.st_size, "mtime_ns": st.st_mtime_ns, "crc32": crc}
+
+
+def damage(entry: Entry) -> str | None:
+    """Why `entry`'s arrays cannot be trusted (a file truncated, grown or rewritten), or None.
+
+    A file with the size and mtime it was written with is taken as written; one whose mtime moved
+    (copied, touched, rewritten) is checked against its CRC, and on a match its new mtime is recorded
+    so that the next load is a stat again. Entries written before checksums have nothing to compare.
+    """
+    files = entry.meta.get("files") or {}
+    moved = {}
+    for name, want in files.items():
+        path = entry.dir / name
+        try:
+            st = path.stat()
+        except OSError as e:
+            return f"{name}: {e.strerror}"
+        if st.st_size != want["bytes"]:
+            return f"{name} has {st.st_size:,} bytes, {want['bytes']:,} were written"
+        if st.st_mtime_ns != want["mtime_ns"]:
+            if crc32(path) != want["crc32"]:
+                return f"{name} does not match its checksum"
+            moved[name] = {**want, "mtime_ns": st.st_mtime_ns}
+    if moved:
+        entry.meta = {**entry.meta, "files": {**files, **moved}}
+        try:
+            write_json(entry.dir / "meta.json", entry.meta)
+        except OSError:  # a read-only cache: the check simply runs again next time
+            pass
+    return None
+
+
+def remove(entry: Entry) -> None:
+    shutil.rmtree(entry.dir, ignore_errors=True)
 
 
 def _remove_stale(entry: Entry) -> None:

@@ -15,6 +15,7 @@ Three ways, tried in this order:
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
@@ -24,10 +25,13 @@ from collections import Counter
 from pathlib import Path
 from urllib.parse import urlparse
 
+from .. import locks
 from ..errors import CnnError
+from ..faultpoints import point
 from ..fsutil import atomic_path
 from . import folders, readers
 from .loader import Dataset, load_dataset
+from .fetch import fetch_all, mirrored
 from .registry import DatasetSpec, default_data_dir, get_spec
 from .sources import locate
 
@@ -41,38 +45,46 @@ def download(name: str, *, data_dir=None, from_path=None, image_size: int | None
     if spec.folder is not None:
         raise CnnError(f"{name} is a folder: it is read where it is, there is nothing to download")
     root = Path(data_dir).expanduser() if data_dir else default_data_dir()
+    dest = root / spec.name
     if from_path is not None:
         if not spec.urls:
             raise CnnError(f"{spec.name} ships with scikit-learn; there are no files to import")
-        import_files(spec, Path(from_path).expanduser(), root / spec.name)
+        with _writing(dest, spec):
+            import_files(spec, Path(from_path).expanduser(), dest)
     elif spec.urls and locate(spec, root) is None:
-        fetch_official(spec, root / spec.name)
+        with _writing(dest, spec):
+            if locate(spec, root) is None:  # another `cnn download` may have fetched it while we waited
+                fetch_official(spec, dest)
     return load_dataset(spec.name, data_dir=root, image_size=image_size)
+
+
+@contextlib.contextmanager
+def _writing(dest: Path, spec: DatasetSpec):
+    """One writer at a time in `dest` (others wait their turn, then find the files in place); what a
+    killed writer left (temporary files, half-copied folders) is removed first."""
+    dest.mkdir(parents=True, exist_ok=True)
+    # The lock file sits beside `dest`, not in it: `dest` holds exactly the data set's files.
+    with locks.held(dest.parent, f"cnn download {spec.name}", wait=True, name=f".{dest.name}.lock"):
+        for left in [*dest.glob(".*.tmp"), *dest.glob(".*.importing-*")]:
+            shutil.rmtree(left) if left.is_dir() else left.unlink(missing_ok=True)
+        yield
 
 
 # --- online -------------------------------------------------------------------------------------
 
 
 def fetch_official(spec: DatasetSpec, dest: Path) -> None:
-    """Download the official files of `spec` with TFDS's download manager into `dest`."""
+    """Download the official files of `spec` into `dest`, within the deadlines of `fetch.py`."""
     check_online(spec)
-    import tensorflow_datasets as tfds
-
-    staging = dest / ".downloads"
-    manager = tfds.download.DownloadManager(download_dir=staging)
-    urls = {Path(urlparse(u).path).name: u for u in spec.urls}
-    try:
-        paths = manager.download(urls)
-    except Exception as e:  # noqa: BLE001 - whatever TFDS raises, the user sees one line
-        raise CnnError(f"download of {spec.name} failed: {str(e).splitlines()[0][:200]}") from None
-    for fname, path in paths.items():
-        os.replace(path, dest / fname)  # same folder tree: an atomic rename
-    shutil.rmtree(staging, ignore_errors=True)
+    dest.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(dest / ".downloads", ignore_errors=True)  # TFDS's staging folder, from older versions
+    fetch_all(list(spec.urls), dest, spec.name,
+              f"Try again later, or use files you already have: `cnn download {spec.name} --from PATH`")
 
 
 def check_online(spec: DatasetSpec) -> None:
     """Raise a CnnError within seconds when the download host (or proxy) cannot be reached."""
-    host, port = probe_target(spec.urls[0])
+    host, port = probe_target(mirrored(spec.urls[0]))
     error = _probe(host, port)
     if error:
         raise CnnError(
@@ -212,6 +224,7 @@ def _place(item: Path, target: Path) -> None:
     shutil.rmtree(staging, ignore_errors=True)
     try:
         shutil.copytree(item, staging, copy_function=_link_or_copy)
+        point("import-staged")
         os.rename(staging, target)  # the whole folder appears at once
     finally:
         shutil.rmtree(staging, ignore_errors=True)

@@ -15,6 +15,7 @@ cache does not exist yet) picks exactly the images the same run would pick from 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -90,20 +91,32 @@ def load_dataset(
     spec = get_spec(name_or_path)
     prep = _requested_prep(spec, image_size)
     source = locate(spec, data_dir)
+    if source is None and data_dir is not None and not Path(data_dir).expanduser().is_dir():
+        # Not the cache's copy of some other folder, without a word: the user named this one.
+        raise CnnError(f"data folder {data_dir} does not exist (from --data-dir or $CNN_DATA_DIR); "
+                       f"pass the folder that holds {spec.name}/, or leave it out to use the default")
     if source is None:
         entry = cache.find_latest(spec.name, prep)
         if entry is None:
             raise_not_found(spec, data_dir)
-        store = _CachedStore(entry, note="source files not found any more; loaded from the cache built from them")
+        store, problem = _cached_store(entry, "source files not found any more; loaded from the cache built from them")
+        if store is None:
+            raise CnnError(f"the cached arrays of {spec.name} are damaged ({problem}) and their source files are "
+                           f"gone; run `cnn download {spec.name}` or pass --data-dir DIR")
     else:
         key = cache.make_key(source.identity(), prep)
-        entry = cache.open_entry(spec.name, key)
-        if entry is not None:
-            store = _CachedStore(entry)
-        elif limit and _decodes_files(source):
+        store, problem = _open_key(spec, key)
+        if store is None and limit and _decodes_files(source):
             store = _LiveStore(source, image_size, key)  # decode only the picked files; no cache
-        else:
-            store = _CachedStore(build_entry(source, spec, key, prep, image_size))
+        elif store is None:
+            with cache.building(spec.name, key):  # one builder per entry: the others wait, then read it
+                store, again = _open_key(spec, key)
+                if store is None:
+                    store = _CachedStore(build_entry(source, spec, key, prep, image_size))
+            problem = problem or again
+        if problem:  # never fatal: the source is here, so the entry was built again
+            store.note = f"cache entry {cache.entry_dir(spec.name, key)} was damaged ({problem}); " + (
+                store.note or "rebuilt it from the source files")
     return _assemble(spec, store, val_split, limit, balance, seed, source)
 
 
@@ -121,6 +134,29 @@ def source_split(name_or_path: str, split: str, *, data_dir=None, val_split: flo
         return None
     base, ids = picks[split]
     return source.parts[base].take(ids)
+
+
+def _open_key(spec, key: str):
+    """(store over the complete entry of `key`, None), (None, None) without one, or (None, why) when
+    it was damaged (and is now removed)."""
+    entry = cache.open_entry(spec.name, key)
+    if entry is None:
+        return None, None
+    store, problem = _cached_store(entry)
+    if problem:
+        cache.remove(entry)
+    return store, problem
+
+
+def _cached_store(entry: cache.Entry, note: str | None = None):
+    """(store over `entry`, None), or (None, why) when its arrays are damaged."""
+    problem = cache.damage(entry)
+    if problem is None:
+        try:
+            return _CachedStore(entry, note), None
+        except (ValueError, OSError) as e:  # an entry from before checksums, whose .npy is cut short
+            problem = str(e)
+    return None, problem
 
 
 def build_entry(source: Source, spec: DatasetSpec, key: str, prep: dict, image_size) -> cache.Entry:

@@ -15,6 +15,7 @@ import numpy as np
 from flax import serialization
 
 from ..errors import CnnError
+from ..faultpoints import point
 from ..fsutil import atomic_path
 
 
@@ -77,15 +78,28 @@ def save(path: Path, state, meta: dict) -> None:
     data = serialization.msgpack_serialize(blob)
     with atomic_path(path) as tmp:
         Path(tmp).write_bytes(data)
+        point(f"checkpoint-written:{path.stem}")
 
 
 def load(path: Path) -> tuple[dict, dict[str, np.ndarray]]:
-    """(meta, {path: array}); CnnError if missing or unreadable."""
+    """(meta, {path: array}); CnnError if missing, unreadable, not of our layout, or not finite."""
     path = Path(path)
     if not path.is_file():
         raise CnnError(f"no checkpoint at {path}")
+    data = path.read_bytes()  # an OSError here is the CLI's one line (guard.py)
     try:
-        blob = serialization.msgpack_restore(path.read_bytes())
-        return json.loads(blob["meta"]), blob["state"]
+        blob = serialization.msgpack_restore(data)
+        meta, state = json.loads(blob["meta"]), blob["state"]
     except Exception as e:  # truncated or not ours: one line, not a traceback
         raise CnnError(f"checkpoint {path} is unreadable ({type(e).__name__}); it may be truncated") from None
+    if not isinstance(meta, dict) or not isinstance(state, dict):
+        raise CnnError(f"checkpoint {path} is not a cnn checkpoint (no meta and state records)")
+    for name, arr in state.items():
+        if not isinstance(arr, np.ndarray):
+            raise CnnError(f"checkpoint {path}: entry {name!r} is a {type(arr).__name__}, not an array")
+        # NaN/inf weights come from a diverged run or a damaged file: refuse them, as predictions
+        # of NaN (class 0 with probability nan) would be silently wrong.
+        if np.issubdtype(arr.dtype, np.floating) and not np.isfinite(arr).all():
+            raise CnnError(f"checkpoint {path}: {name!r} holds NaN or infinite values (a diverged run or a "
+                           f"damaged file); retrain, e.g. with a lower --lr")
+    return meta, state

@@ -134,6 +134,10 @@ class TrainConfig:
         scale_list(self.tta_scales)  # raises on a bad list
         if self.freeze and not self.init_from:
             raise CnnError("--freeze features needs --init-from RUN_DIR")
+        if self.name is not None:
+            from .rundir import check_name
+
+            check_name(self.name)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -151,6 +155,22 @@ def options() -> list:
 
 def options_by_name() -> dict:
     return {f.name: f for f in options()}
+
+
+# Seeds inside [0, SEED_SPAN) are used as typed (every recorded result keeps its weights); the code
+# adds offsets of up to ~2**17 to them and JAX keys take 32-bit integers, so any other integer a
+# user types (-1, 2**70) is hashed into that span.
+SEED_SPAN = 2**31 - 2**20
+
+
+def seed_value(seed: int) -> int:
+    """The seed the engine computes with for the seed a user typed (any integer)."""
+    seed = int(seed)
+    if 0 <= seed < SEED_SPAN:
+        return seed
+    import hashlib
+
+    return int.from_bytes(hashlib.sha256(str(seed).encode()).digest()[:8], "little") % SEED_SPAN
 
 
 def augment_list(spec: str | None) -> list[str]:

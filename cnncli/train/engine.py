@@ -7,6 +7,7 @@ metric sums read back once per progress refresh, then validation, history, check
 
 from __future__ import annotations
 
+import contextlib
 import math
 import signal
 import threading
@@ -23,10 +24,11 @@ from .. import __version__
 from ..calibrate import NO_VAL, calibrate, summary_line
 from ..calibrate import write as write_calibration
 from ..errors import CnnError
+from ..faultpoints import point
 from ..fsutil import write_json
 from ..tables import sig
 from . import checkpoint, rundir
-from .config import TrainConfig, augment_list, crop_pad, scale_list
+from .config import TrainConfig, augment_list, crop_pad, scale_list, seed_value
 from .optim import DEFAULT_LR, learning_rate, make_optimizer, norm_bias_mask
 from .feed import Feeder, mesh as make_mesh, put
 from .logs import EpochLog
@@ -102,15 +104,36 @@ def _init_from_data(model, x_train, mean, std, seed: int) -> None:
 
 def fit(cfg: TrainConfig, progress: Progress, resume: Path | None = None) -> dict:
     """Train `cfg` (or continue the run in `resume`) and return the run's summary."""
-    from .. import plots
-    from ..data import load_dataset
-    from ..models import create_model, get_arch
+    from .. import distributed
     from ..runtime import setup_jax
 
     setup_jax()
     t_start = time.monotonic()
+    writer = distributed.is_writer()  # of several processes, only the first writes and prints
+    progress.quiet = progress.quiet or not writer
+    # One writer at a time, refused before any work; it also removes a killed writer's temporary files.
+    lock = None if resume is None or not writer else rundir.claim(Path(resume))
+    try:
+        return _fit(cfg, progress, resume, lock, t_start, writer)
+    except (jax.errors.JaxRuntimeError, ValueError) as e:
+        if distributed.lost_peer(e):  # one line, and guard.py exits without waiting for the peer
+            raise distributed.peer_lost(e) from None
+        raise
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _fit(cfg: TrainConfig, progress: Progress, resume: Path | None, lock, t_start: float, writer: bool) -> dict:
+    from .. import plots
+    from ..data import load_dataset
+    from ..models import create_model, get_arch
+
+    seed = seed_value(cfg.seed)  # config.json keeps the seed as typed
     ds = load_dataset(cfg.dataset, data_dir=cfg.data_dir, image_size=cfg.image_size, val_split=cfg.val_split,
-                      limit=cfg.limit, balance=cfg.balance, seed=cfg.seed)
+                      limit=cfg.limit, balance=cfg.balance, seed=seed)
+    if ds.info.get("note"):
+        progress.note(f"note: {ds.info['note']}")
     num_classes = len(ds.classes)
     if cfg.tta_shift and 2 * cfg.tta_shift >= min(ds.shape[:2]):
         raise CnnError(f"--tta-shift {cfg.tta_shift} is too large for {ds.shape[0]}x{ds.shape[1]} images "
@@ -121,10 +144,11 @@ def fit(cfg: TrainConfig, progress: Progress, resume: Path | None = None) -> dic
                        f"(at most {min(ds.shape[:2]) - 1} px)")
     c = ds.shape[-1]
     mean, std = (ds.mean, ds.std) if cfg.normalize == "standard" else ((0.0,) * c, (1.0,) * c)
-    model = create_model(cfg.arch, ds.shape, num_classes, activation=cfg.activation, dropout=cfg.dropout, seed=cfg.seed)
+    model = create_model(cfg.arch, ds.shape, num_classes, activation=cfg.activation, dropout=cfg.dropout, seed=seed)
     binary = get_arch(cfg.arch).binary_head and num_classes == 2
-    if resume is None:  # a resumed run has them in its checkpoint (2 s saved for airbench94 on CIFAR-10)
-        _init_from_data(model, ds.train.x, mean, std, cfg.seed)
+    last = None if resume is None else Path(resume) / "checkpoints" / "last.msgpack"
+    if last is None or not last.is_file():  # a resumed run has them in its checkpoint (2 s saved for airbench94)
+        _init_from_data(model, ds.train.x, mean, std, seed)
     gtrain, geval, params, rest = split(model)
 
     mesh = make_mesh()
@@ -156,7 +180,7 @@ def fit(cfg: TrainConfig, progress: Progress, resume: Path | None = None) -> dic
         state = TrainState(params, rest, tx.init(params), jax.tree.map(lambda p: p.copy(), params) if cfg.ema else None)
         step = make_train_step(gtrain, tx, binary=binary, mean=mean, std=std,
                                augment_ops=tuple(augment_list(cfg.augment)), smoothing=cfg.label_smoothing,
-                               ema_decay=cfg.ema, precision=cfg.precision, seed=cfg.seed, gather=feeder.resident,
+                               ema_decay=cfg.ema, precision=cfg.precision, seed=seed, gather=feeder.resident,
                                steps_per_epoch=steps_per_epoch)
         return state, step
 
@@ -172,149 +196,145 @@ def fit(cfg: TrainConfig, progress: Progress, resume: Path | None = None) -> dic
             cfg.epochs = epochs  # config.json records them; a resumed run keeps them
             state, train_step = build()
 
-    loop = Loop()
-    if resume is not None:
-        run_dir = Path(resume)
-        meta, arrays = checkpoint.load(run_dir / "checkpoints" / "last.msgpack")
-        state = checkpoint.unflatten_into(state, arrays, f"{run_dir}/checkpoints/last.msgpack")
-        loop = Loop(**meta["loop"])
-        if loop.epoch >= cfg.epochs:
-            raise CnnError(f"{run_dir} already finished its {cfg.epochs} epochs; pass --epochs N to train longer")
-        record = rundir.read_config(run_dir)
-        if record["epochs"] != cfg.epochs:  # `--resume DIR --epochs N` extends the run
-            write_json(run_dir / "config.json", record | {"epochs": cfg.epochs})
-        progress.note(f"resuming {run_dir} at epoch {loop.epoch + 1}, step {loop.step_in_epoch}")
-    else:
-        run_dir = rundir.new_run_dir(cfg.out, cfg.name or f"{cfg.arch}-{Path(cfg.dataset).name}")
-        cfg.extra = _provenance(cfg, mesh, steps_per_epoch, bs)
-        record = cfg.to_dict() | {"data": _data_record(ds, mean, std), "cnn_version": __version__}
-        write_json(run_dir / "config.json", record)
-    progress.note(f"run directory: {run_dir}")
+    run_dir, lock, loop, state = _open_run(cfg, resume, lock, state, lambda: _data_record(ds, mean, std),
+                                           lambda: _provenance(cfg, mesh, steps_per_epoch, bs), progress, writer)
+    best_kept = None  # the best epoch's state on the host, for processes that write no checkpoint
+    try:
+        state = jax.device_put(state, replicated)
+        loop.train_seconds += calibration_seconds  # timing the step is part of training
+        eval_step = make_eval_step(geval, binary=binary, mean=mean, std=std, tta_flip=cfg.tta_flip,
+                                    tta_shift=cfg.tta_shift, tta_scales=scale_list(cfg.tta_scales))
+        lr_at = learning_rate(cfg, steps_per_epoch)
+        lr_at = lr_at if callable(lr_at) else (lambda _s, v=lr_at: v)
+        eval_bs = max(256, bs)
 
-    state = jax.device_put(state, replicated)
-    loop.train_seconds += calibration_seconds  # timing the step is part of training
-    eval_step = make_eval_step(geval, binary=binary, mean=mean, std=std, tta_flip=cfg.tta_flip,
-                                tta_shift=cfg.tta_shift, tta_scales=scale_list(cfg.tta_scales))
-    lr_at = learning_rate(cfg, steps_per_epoch)
-    lr_at = lr_at if callable(lr_at) else (lambda _s, v=lr_at: v)
-    eval_bs = max(256, bs)
+        def save(which: str):
+            meta = {"loop": loop.__dict__, "use_ema": bool(cfg.ema), "arch": cfg.arch}
+            if writer:
+                checkpoint.save(run_dir / "checkpoints" / f"{which}.msgpack", state, meta)
 
-    def save(which: str):
-        meta = {"loop": loop.__dict__, "use_ema": bool(cfg.ema), "arch": cfg.arch}
-        checkpoint.save(run_dir / "checkpoints" / f"{which}.msgpack", state, meta)
+        schedule = _schedule_curve(lr_at, cfg.epochs, steps_per_epoch)
 
-    schedule = _schedule_curve(lr_at, cfg.epochs, steps_per_epoch)
+        def plot():
+            if writer:
+                plots.curves(loop.history, run_dir / "curves.png", f"{cfg.arch} on {Path(cfg.dataset).name}",
+                             best_epoch=loop.best_epoch, schedule=schedule)
 
-    def plot():
-        plots.curves(loop.history, run_dir / "curves.png", f"{cfg.arch} on {Path(cfg.dataset).name}",
-                     best_epoch=loop.best_epoch, schedule=schedule)
-
-    last_plot = time.monotonic()
-    stopped_early = False
-    interrupted = _Interrupt()
-    with interrupted, progress.session(cfg.epochs, steps_per_epoch, start_epoch=loop.epoch), \
-            EpochLog(run_dir, loop.epoch + 1) as epoch_log:
-        while loop.epoch < cfg.epochs:
-            epoch = loop.epoch + 1
-            t0 = time.monotonic()
-            metrics = jax.device_put(zero_metrics(), replicated)
-            sums_before = np.array(loop.partial, np.float64)
-            progress.start_epoch(epoch, loop.step_in_epoch)
-            last_refresh = time.monotonic()
-            order = _order(cfg.seed, epoch, n_train)
-            step_in_epoch = loop.step_in_epoch
-            for batch in feeder.epoch(order, bs, loop.step_in_epoch):
-                state, metrics = train_step(state, metrics, *batch, np.int32(loop.global_step))
-                loop.global_step += 1
-                step_in_epoch += 1
-                if interrupted.hit or time.monotonic() - last_refresh > 0.5 or step_in_epoch == steps_per_epoch:
-                    sums, bad = jax.device_get(metrics)
-                    if math.isfinite(bad):
-                        _nan_stop(epoch, int(bad) - (loop.global_step - step_in_epoch) + 1, run_dir)
-                    tot = sums_before + sums
-                    progress.update(step_in_epoch, tot[0] / max(tot[2], 1), tot[1] / max(tot[2], 1),
-                                    tot[2] - sums_before[2], time.monotonic() - t0)
-                    last_refresh = time.monotonic()
-                    if interrupted.hit:
-                        loop.step_in_epoch = step_in_epoch
-                        loop.partial = tot.tolist()
-                        loop.train_seconds += time.monotonic() - t0
-                        save("last")
-                        if loop.history:
-                            plot()
-                        raise KeyboardInterruptSaved(run_dir)
-            sums = sums_before + np.asarray(jax.device_get(metrics[0]), np.float64)
-            train_loss, train_acc = sums[0] / max(sums[2], 1), sums[1] / max(sums[2], 1)
-            eval_params = state.ema if cfg.ema else state.params
-            val_loss = val_acc = None
-            if ds.val is not None and len(ds.val.y):
-                val_loss, val_acc = evaluate_arrays(eval_step, eval_params, state.rest, mesh, ds.val.x, ds.val.y, eval_bs)
-            seconds = time.monotonic() - t0
-            loop.train_seconds += seconds
-            row = {
-                "epoch": epoch, "train_loss": round(float(train_loss), 6), "train_accuracy": round(float(train_acc), 6),
-                "val_loss": None if val_loss is None else round(val_loss, 6),
-                "val_accuracy": None if val_acc is None else round(val_acc, 6),
-                "lr": sig(float(lr_at(loop.global_step - 1)), 7), "seconds": round(seconds, 3),
-                "elapsed_seconds": round(loop.train_seconds, 3),
-                "images_per_s": round((sums[2] - sums_before[2]) / seconds, 1),
-            }
-            loop.history.append(row)
-            loop.epoch, loop.step_in_epoch, loop.partial = epoch, 0, [0.0, 0.0, 0.0]
-            improved = _improved(cfg.monitor, row, loop.best_value)
-            if improved:
-                loop.best_epoch, loop.best_value = epoch, row[cfg.monitor] if row[cfg.monitor] is not None else None
-                loop.bad_epochs = 0
-            else:
-                loop.bad_epochs += 1
-            rundir.write_history(run_dir, loop.history)
-            save("last")
-            if improved:
-                save("best")
-            epoch_log.write(loop.history)  # after the checkpoint: a logged epoch is never trained again
-            progress.end_epoch(row)
-            if time.monotonic() - last_plot > 30:  # a plot costs ~0.5 s: refresh it twice a minute at most
-                plot()
-                last_plot = time.monotonic()
-            if cfg.early_stopping and loop.bad_epochs >= cfg.early_stopping:
-                progress.note(f"early stopping: no better {cfg.monitor} for {cfg.early_stopping} epochs; "
-                              f"restoring epoch {loop.best_epoch}")
-                stopped_early = True
-                break
-
-    plot()
-    # The best weights (the Keras `restore_best_weights` users expect) are what we test and keep.
-    best = run_dir / "checkpoints" / "best.msgpack"
-    meta, arrays = checkpoint.load(best)
-    best_state = checkpoint.unflatten_into(jax.device_get(state), arrays, str(best))
-    best_params = best_state.ema if cfg.ema else best_state.params
-    test_loss = test_acc = None
-    if ds.test is not None and len(ds.test.y):
-        test_loss, test_acc = evaluate_arrays(eval_step, best_params, best_state.rest, mesh, ds.test.x, ds.test.y, eval_bs)
-    calibration = _calibrate(eval_step, best_params, best_state.rest, mesh, ds, eval_bs, run_dir)
-    progress.note(summary_line(calibration))
-    steady = [r["images_per_s"] for r in loop.history[1:]] or [r["images_per_s"] for r in loop.history]
-    summary = {
-        "run_dir": str(run_dir),
-        "arch": cfg.arch,
-        "dataset": cfg.dataset,
-        "epochs": loop.epoch,
-        "best_epoch": loop.best_epoch,
-        "best_val_accuracy": max((r["val_accuracy"] for r in loop.history if r["val_accuracy"] is not None), default=None),
-        "best_val_loss": min((r["val_loss"] for r in loop.history if r["val_loss"] is not None), default=None),
-        "final_train_accuracy": loop.history[-1]["train_accuracy"],
-        "test_accuracy": test_acc,
-        "test_loss": test_loss,
-        "stopped_early": stopped_early,
-        "train_seconds": round(loop.train_seconds, 2),
-        "wall_seconds": round(time.monotonic() - t_start, 2),
-        "images_per_s": float(np.median(steady)),
-        "parameters": int(sum(np.size(p) for p in jax.tree.leaves(best_params))),
-        "temperature": calibration["temperature"],
-        "unsure_below": calibration["unsure_below"],
-    }
-    write_json(run_dir / "metrics.json", summary)
-    return summary
+        last_plot = time.monotonic()
+        interrupted = _Interrupt()
+        logs = EpochLog(run_dir, loop.epoch + 1) if writer else contextlib.nullcontext()
+        with interrupted, progress.session(cfg.epochs, steps_per_epoch, start_epoch=loop.epoch), logs as epoch_log:
+            while not _trained(cfg, loop):
+                epoch = loop.epoch + 1
+                t0 = time.monotonic()
+                metrics = jax.device_put(zero_metrics(), replicated)
+                sums_before = np.array(loop.partial, np.float64)
+                progress.start_epoch(epoch, loop.step_in_epoch)
+                last_refresh = time.monotonic()
+                order = _order(seed, epoch, n_train)
+                step_in_epoch = loop.step_in_epoch
+                for batch in feeder.epoch(order, bs, loop.step_in_epoch):
+                    state, metrics = train_step(state, metrics, *batch, np.int32(loop.global_step))
+                    loop.global_step += 1
+                    step_in_epoch += 1
+                    if interrupted.hit or time.monotonic() - last_refresh > 0.5 or step_in_epoch == steps_per_epoch:
+                        sums, bad = jax.device_get(metrics)
+                        if math.isfinite(bad):
+                            _nan_stop(epoch, int(bad) - (loop.global_step - step_in_epoch) + 1, run_dir)
+                        tot = sums_before + sums
+                        progress.update(step_in_epoch, tot[0] / max(tot[2], 1), tot[1] / max(tot[2], 1),
+                                        tot[2] - sums_before[2], time.monotonic() - t0)
+                        last_refresh = time.monotonic()
+                        if interrupted.hit:
+                            loop.step_in_epoch = step_in_epoch
+                            loop.partial = tot.tolist()
+                            loop.train_seconds += time.monotonic() - t0
+                            save("last")
+                            if loop.history:
+                                plot()
+                            raise KeyboardInterruptSaved(run_dir)
+                sums = sums_before + np.asarray(jax.device_get(metrics[0]), np.float64)
+                train_loss, train_acc = sums[0] / max(sums[2], 1), sums[1] / max(sums[2], 1)
+                eval_params = state.ema if cfg.ema else state.params
+                val_loss = val_acc = None
+                if ds.val is not None and len(ds.val.y):
+                    val_loss, val_acc = evaluate_arrays(eval_step, eval_params, state.rest, mesh, ds.val.x, ds.val.y, eval_bs)
+                seconds = time.monotonic() - t0
+                loop.train_seconds += seconds
+                row = {
+                    "epoch": epoch, "train_loss": round(float(train_loss), 6), "train_accuracy": round(float(train_acc), 6),
+                    "val_loss": None if val_loss is None else round(val_loss, 6),
+                    "val_accuracy": None if val_acc is None else round(val_acc, 6),
+                    "lr": sig(float(lr_at(loop.global_step - 1)), 7), "seconds": round(seconds, 3),
+                    "elapsed_seconds": round(loop.train_seconds, 3),
+                    "images_per_s": round((sums[2] - sums_before[2]) / seconds, 1),
+                }
+                loop.history.append(row)
+                loop.epoch, loop.step_in_epoch, loop.partial = epoch, 0, [0.0, 0.0, 0.0]
+                improved = _improved(cfg.monitor, row, loop.best_value)
+                if improved:
+                    loop.best_epoch, loop.best_value = epoch, row[cfg.monitor] if row[cfg.monitor] is not None else None
+                    loop.bad_epochs = 0
+                else:
+                    loop.bad_epochs += 1
+                if writer:
+                    rundir.write_history(run_dir, loop.history)
+                if improved:  # best before last: a run whose `last` exists always has the best it names
+                    save("best")
+                    best_kept = None if writer else jax.device_get(state)
+                save("last")
+                if writer:
+                    epoch_log.write(loop.history)  # after the checkpoint: a logged epoch is never trained again
+                point("epoch-saved")
+                progress.end_epoch(row)
+                if time.monotonic() - last_plot > 30:  # a plot costs ~0.5 s: refresh it twice a minute at most
+                    plot()
+                    last_plot = time.monotonic()
+                if cfg.early_stopping and loop.bad_epochs >= cfg.early_stopping:
+                    progress.note(f"early stopping: no better {cfg.monitor} for {cfg.early_stopping} epochs; "
+                                  f"restoring epoch {loop.best_epoch}")
+        if interrupted.hit:  # Ctrl-C during the last epoch's validation: stop before testing
+            raise KeyboardInterruptSaved(run_dir, trained=True)
+        try:
+            point("test-evaluation")
+            plot()
+            best_state = best_kept or _best_state(run_dir, loop, jax.device_get(state), progress)
+            best_params = best_state.ema if cfg.ema else best_state.params
+            test_loss = test_acc = None
+            if ds.test is not None and len(ds.test.y):
+                test_loss, test_acc = evaluate_arrays(eval_step, best_params, best_state.rest, mesh, ds.test.x,
+                                                      ds.test.y, eval_bs)
+            calibration = _calibrate(eval_step, best_params, best_state.rest, mesh, ds, eval_bs,
+                                     run_dir if writer else None)
+        except KeyboardInterrupt:  # every epoch is saved: what is left is the test evaluation
+            raise KeyboardInterruptSaved(run_dir, trained=True) from None
+        progress.note(summary_line(calibration))
+        steady = [r["images_per_s"] for r in loop.history[1:]] or [r["images_per_s"] for r in loop.history]
+        summary = {
+            "run_dir": str(run_dir),
+            "arch": cfg.arch,
+            "dataset": cfg.dataset,
+            "epochs": loop.epoch,
+            "best_epoch": loop.best_epoch,
+            "best_val_accuracy": max((r["val_accuracy"] for r in loop.history if r["val_accuracy"] is not None), default=None),
+            "best_val_loss": min((r["val_loss"] for r in loop.history if r["val_loss"] is not None), default=None),
+            "final_train_accuracy": loop.history[-1]["train_accuracy"],
+            "test_accuracy": test_acc,
+            "test_loss": test_loss,
+            "stopped_early": loop.epoch < cfg.epochs,
+            "train_seconds": round(loop.train_seconds, 2),
+            "wall_seconds": round(time.monotonic() - t_start, 2),
+            "images_per_s": float(np.median(steady)),
+            "parameters": int(sum(np.size(p) for p in jax.tree.leaves(best_params))),
+            "temperature": calibration["temperature"],
+            "unsure_below": calibration["unsure_below"],
+        }
+        if writer:
+            write_json(run_dir / "metrics.json", summary)
+        return summary
+    finally:
+        if resume is None and lock is not None:
+            lock.release()
 
 
 def _schedule_curve(lr_at, epochs: int, steps_per_epoch: int, points: int = 400):
@@ -325,7 +345,7 @@ def _schedule_curve(lr_at, epochs: int, steps_per_epoch: int, points: int = 400)
     return (steps + 1) / steps_per_epoch, lrs.tolist()
 
 
-def _calibrate(eval_step, params, rest, mesh, ds, batch_size: int, run_dir: Path) -> dict:
+def _calibrate(eval_step, params, rest, mesh, ds, batch_size: int, run_dir: Path | None) -> dict:
     """Fit the temperature and the unsure threshold on the validation split (see calibrate.py) and
     write calibration.json; without a validation split: temperature 1, no threshold."""
     if ds.val is None or not len(ds.val.y):
@@ -333,8 +353,54 @@ def _calibrate(eval_step, params, rest, mesh, ds, batch_size: int, run_dir: Path
     else:
         probs = evaluate_arrays(eval_step, params, rest, mesh, ds.val.x, ds.val.y, batch_size, with_probs=True)[2]
         record = calibrate(probs, ds.val.y)
-    write_calibration(run_dir, record)
+    if run_dir is not None:  # None: a process of a multi-process job that writes nothing
+        write_calibration(run_dir, record)
     return record
+
+
+def _open_run(cfg: TrainConfig, resume: Path | None, lock, state, data_record, provenance, progress, writer):
+    """(run directory, its lock, loop, state): a new run directory (locked) with its config.json, or
+    the resumed one (locked by the caller) with the state and loop of its last checkpoint (a fresh
+    start if it has none). A process that does not write gets no directory of a new run."""
+    if not writer:
+        last = None if resume is None else Path(resume) / "checkpoints" / "last.msgpack"
+        if last is None or not last.is_file():
+            return resume, None, Loop(), state
+        meta, arrays = checkpoint.load(last)
+        return resume, None, _loop_from(meta, last), checkpoint.unflatten_into(state, arrays, str(last))
+    try:
+        loop = Loop()
+        if resume is not None:
+            run_dir = Path(resume)
+            last = run_dir / "checkpoints" / "last.msgpack"
+            if last.is_file():
+                meta, arrays = checkpoint.load(last)
+                state = checkpoint.unflatten_into(state, arrays, str(last))
+                loop = _loop_from(meta, last)
+                if _trained(cfg, loop) and (run_dir / "metrics.json").is_file():
+                    raise CnnError(f"{run_dir} already finished its {cfg.epochs} epochs; pass --epochs N to train longer")
+                _derive_best(run_dir, loop, progress)
+            else:  # killed before its first epoch was saved
+                progress.note(f"{run_dir} has no checkpoint yet: training it from the start")
+            record = rundir.read_config(run_dir)
+            if record["epochs"] != cfg.epochs:  # `--resume DIR --epochs N` extends the run
+                write_json(run_dir / "config.json", record | {"epochs": cfg.epochs})
+            if _trained(cfg, loop):
+                progress.note(f"resuming {run_dir}: training is complete; testing the best epoch")
+            else:
+                progress.note(f"resuming {run_dir} at epoch {loop.epoch + 1}, step {loop.step_in_epoch}")
+        else:
+            run_dir = rundir.new_run_dir(cfg.out, cfg.name or f"{cfg.arch}-{Path(cfg.dataset).name}")
+            lock = rundir.claim(run_dir)
+            cfg.extra = provenance()
+            record = cfg.to_dict() | {"data": data_record(), "cnn_version": __version__}
+            write_json(run_dir / "config.json", record)
+        progress.note(f"run directory: {run_dir}")
+        return run_dir, lock, loop, state
+    except BaseException:
+        if lock is not None and resume is None:
+            lock.release()
+        raise
 
 
 # --time-budget times BUDGET_GROUPS groups of 2 steps after the compiling one and two warm-up ones (the
@@ -404,8 +470,51 @@ def _epochs_within_budget(cfg: TrainConfig, train_step, state, feeder, bs: int, 
 
 
 class KeyboardInterruptSaved(CnnError):
-    def __init__(self, run_dir: Path):
-        super().__init__(f"interrupted; checkpoint saved. Continue with: cnn train --resume {run_dir}", exit_code=130)
+    def __init__(self, run_dir: Path, trained: bool = False):
+        what = ("training is complete and saved; the test evaluation was not run. Finish with"
+                if trained else "checkpoint saved. Continue with")
+        super().__init__(f"interrupted; {what}: cnn train --resume {run_dir}", exit_code=130)
+
+
+def _trained(cfg: TrainConfig, loop: Loop) -> bool:
+    """Whether the epochs are done: all of them, or early stopping ended the run."""
+    return loop.epoch >= cfg.epochs or bool(cfg.early_stopping and loop.bad_epochs >= cfg.early_stopping)
+
+
+def _loop_from(meta: dict, path: Path) -> Loop:
+    """The loop record of a checkpoint, checked: a damaged one is one line, not a TypeError."""
+    try:
+        loop = Loop(**meta["loop"])
+        ints = (loop.epoch, loop.step_in_epoch, loop.global_step, loop.best_epoch, loop.bad_epochs)
+        ok = (all(isinstance(i, int) and i >= 0 for i in ints) and isinstance(loop.history, list)
+              and len(loop.partial) == 3 and isinstance(loop.train_seconds, (int, float)))
+    except (KeyError, TypeError):
+        ok = False
+    if not ok:
+        raise CnnError(f"checkpoint {path} has a damaged or foreign loop record; it cannot be resumed")
+    return loop
+
+
+def _derive_best(run_dir: Path, loop: Loop, progress) -> None:
+    """A `best` lost to a kill while it was first written is the `last` whose epoch it was."""
+    ckpts = run_dir / "checkpoints"
+    if loop.epoch and loop.best_epoch == loop.epoch and loop.step_in_epoch == 0 and not (ckpts / "best.msgpack").is_file():
+        from ..fsutil import write_bytes
+
+        write_bytes(ckpts / "best.msgpack", (ckpts / "last.msgpack").read_bytes())
+        progress.note(f"note: best.msgpack was missing; epoch {loop.best_epoch} (the best) restored from last.msgpack")
+
+
+def _best_state(run_dir: Path, loop: Loop, state, progress):
+    """The best epoch's state (what we test and keep, as Keras' `restore_best_weights`); the last
+    epoch's, with a note, when best.msgpack is gone or unreadable."""
+    best = run_dir / "checkpoints" / "best.msgpack"
+    try:
+        _, arrays = checkpoint.load(best)
+        return checkpoint.unflatten_into(state, arrays, str(best))
+    except CnnError as e:
+        progress.note(f"note: {e}; testing the last epoch ({loop.epoch}) instead of the best ({loop.best_epoch})")
+        return state
 
 
 class _Interrupt:
@@ -431,9 +540,9 @@ class _Interrupt:
         return False
 
 
-def _nan_stop(epoch: int, step: int, run_dir: Path):
-    last = run_dir / "checkpoints" / "last.msgpack"
-    kept = f"the last good checkpoint is {last}" if last.exists() else "no checkpoint was written"
+def _nan_stop(epoch: int, step: int, run_dir: Path | None):
+    last = None if run_dir is None else run_dir / "checkpoints" / "last.msgpack"
+    kept = f"the last good checkpoint is {last}" if last and last.exists() else "no checkpoint was written"
     raise CnnError(f"loss became NaN/inf at epoch {epoch}, step {step}; training stopped ({kept}). "
                    f"Try a lower --lr.", exit_code=3)
 

@@ -24,14 +24,18 @@ def mesh():
     return jax.sharding.Mesh(np.array(jax.devices()), ("batch",))
 
 
-def put(m, arr):
-    """Global batch -> array sharded over the batch axis (each host passes its own rows)."""
+def put(m, arr, idx=None, dtype=None):
+    """Global batch `arr` (or `arr[idx]`) -> array sharded over the batch axis. With several
+    processes each reads and sends only its own slice of the batch: process i the i-th of N."""
     sharding = NamedSharding(m, P("batch"))
-    if jax.process_count() == 1:
-        return jax.device_put(arr, sharding)
-    n = len(arr) // jax.process_count()
-    i = jax.process_index()
-    return jax.make_array_from_process_local_data(sharding, arr[i * n : (i + 1) * n])
+    n_proc = jax.process_count()
+    rows = len(arr) if idx is None else len(idx)
+    n, i = rows // n_proc, jax.process_index()
+    mine = slice(None) if n_proc == 1 else slice(i * n, (i + 1) * n)
+    local = np.asarray(arr[mine] if idx is None else arr[idx[mine]], dtype)
+    if n_proc == 1:
+        return jax.device_put(local, sharding)
+    return jax.make_array_from_process_local_data(sharding, local, (rows, *local.shape[1:]))
 
 
 class Feeder:
@@ -53,8 +57,7 @@ class Feeder:
             for idx in index:
                 yield self.x_all, self.y_all, put(self.mesh, idx.astype(np.int32))
             return
-        yield from _prefetch(lambda idx: (put(self.mesh, np.asarray(self.x[idx])),
-                                          put(self.mesh, np.asarray(self.y[idx], np.int32)),
+        yield from _prefetch(lambda idx: (put(self.mesh, self.x, idx), put(self.mesh, self.y, idx, np.int32),
                                           put(self.mesh, idx.astype(np.int32))), index)
 
 

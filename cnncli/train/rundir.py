@@ -11,8 +11,10 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from .. import locks
 from ..errors import CnnError
 from ..fsutil import write_text
+from ..locks import Lock
 
 CHECKPOINTS = ("best", "last")  # checkpoints/<name>.msgpack of every run
 
@@ -22,9 +24,18 @@ HISTORY_FIELDS = [
 ]
 
 
+def check_name(name: str) -> None:
+    """A run name is one folder name: `--name a/b` or `../x` would write outside --out."""
+    if not name or name in (".", "..") or "/" in name or "\\" in name or "\0" in name:
+        raise CnnError(f"--name must be a single folder name (no '/', no '..'), not {name!r}")
+
+
 def new_run_dir(out: str, name: str) -> Path:
     """`out/name`, or `out/name-2`, `-3`, ... if taken (Ultralytics' auto-numbering)."""
+    check_name(name)
     base = Path(out)
+    if base.exists() and not base.is_dir():
+        raise CnnError(f"--out {base} is a file; --out names the folder that holds run directories")
     base.mkdir(parents=True, exist_ok=True)
     for i in range(1, 10_000):
         d = base / (name if i == 1 else f"{name}-{i}")
@@ -34,6 +45,15 @@ def new_run_dir(out: str, name: str) -> Path:
         except FileExistsError:
             continue
     raise CnnError(f"too many runs named {name!r} in {base}")
+
+
+def claim(run_dir: Path) -> Lock:
+    """Lock an existing run directory for writing, then remove what a killed writer left behind
+    (the temporary files of atomic writes that never reached their rename)."""
+    lock = locks.acquire(run_dir, "a training run")
+    for tmp in Path(run_dir).rglob(".*.tmp"):
+        tmp.unlink(missing_ok=True)
+    return lock
 
 
 def write_history(run_dir: Path, rows: list[dict]) -> None:
@@ -150,7 +170,7 @@ def load_run(run_dir, which: str = "best") -> Run:
     from .. import calibrate
     from ..models import abstract_model, get_arch
     from . import checkpoint
-    from .config import scale_list
+    from .config import scale_list, seed_value
     from .step import split
 
     run_dir = Path(run_dir)
@@ -166,7 +186,7 @@ def load_run(run_dir, which: str = "best") -> Run:
 
     # Shapes only (no initialisers run, nothing compiled): the checkpoint provides every value.
     model = abstract_model(cfg["arch"], tuple(data["input_shape"]), len(data["classes"]),
-                           activation=cfg.get("activation"), dropout=cfg.get("dropout"), seed=cfg.get("seed", 0))
+                           activation=cfg.get("activation"), dropout=cfg.get("dropout"), seed=seed_value(cfg.get("seed", 0)))
     graphdef, _, params, rest = split(model)
     key = "ema" if meta.get("use_ema") else "params"
     params = checkpoint.unflatten_into(params, _sub(arrays, key), f"{ckpt}")

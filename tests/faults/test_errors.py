@@ -1,0 +1,138 @@
+"""One error path: every OSError and damaged file is one line and a non-zero exit; the disk keeps what it had."""
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from flax import serialization
+
+from cnncli.train import checkpoint
+
+from faultkit import one_line
+
+DIGITS = ("--dataset", "digits", "--arch", "net2", "--batch-size", "64", "--seed", "0")
+
+
+def train(run_cnn, out, *more, epochs=1, name="r"):
+    return run_cnn("train", *DIGITS, "--epochs", epochs, "--out", out, "--name", name, *more)
+
+
+@pytest.fixture
+def trained(run_cnn, tmp_path):
+    rc, _, err = train(run_cnn, tmp_path / "runs")
+    assert rc == 0, err
+    return tmp_path / "runs" / "r"
+
+
+def test_full_disk_under_out_keeps_the_checkpoint_and_the_run_completes_later(run_cnn, disk):
+    rc, _, err = train(run_cnn, disk.path / "runs")
+    assert rc == 0, err
+    run = disk.path / "runs" / "r"
+    before = checkpoint.load(run / "checkpoints" / "last.msgpack")[1]
+    disk.fill()
+    rc, _, err = run_cnn("train", "--resume", run, "--epochs", "2")
+    one_line(err, 1, rc, "No space left on device", str(run))
+    meta, after = checkpoint.load(run / "checkpoints" / "last.msgpack")  # the earlier one, whole
+    assert meta["loop"]["epoch"] == 1 and all(np.array_equal(before[k], after[k]) for k in before)
+    if disk.real:
+        for f in disk.path.glob("filler-*"):
+            f.unlink()
+        assert not list(run.rglob(".*.tmp"))
+        rc, _, err = run_cnn("train", "--resume", run, "--epochs", "2")
+        assert rc == 0 and (run / "metrics.json").is_file(), err
+
+
+def test_read_only_out(run_cnn, disk):
+    disk.read_only()
+    rc, _, err = train(run_cnn, disk.path)
+    one_line(err, 1, rc, str(disk.path), "ead-only file system")
+
+
+def test_full_disk_for_the_cache_is_one_line_and_the_next_run_builds_it(run_cnn, disk, monkeypatch, tmp_path):
+    monkeypatch.setenv("CNN_CACHE_DIR", str(disk.path / "cache"))
+    disk.fill()
+    rc, _, err = train(run_cnn, tmp_path / "runs")
+    one_line(err, 1, rc, "No space left on device", str(disk.path / "cache"))
+
+
+def test_read_only_home_without_a_cache_dir(run_cnn, disk, monkeypatch, tmp_path):
+    monkeypatch.setenv("HOME", str(disk.path))
+    monkeypatch.delenv("CNN_CACHE_DIR")
+    disk.read_only()
+    rc, _, err = train(run_cnn, tmp_path / "runs")
+    one_line(err, 1, rc, str(disk.path / ".cache"), "ead-only")
+
+
+def test_out_naming_a_file_and_a_path_through_a_file(run_cnn, tmp_path):
+    (tmp_path / "f").write_text("x")
+    rc, _, err = train(run_cnn, tmp_path / "f")
+    one_line(err, 2, rc, "is a file")
+    rc, _, err = train(run_cnn, tmp_path / "f" / "sub")
+    one_line(err, 1, rc, "Not a directory")
+
+
+@pytest.mark.parametrize("name", ["a/b/c", "../../escaped", ".."])
+def test_run_names_are_one_path_component(run_cnn, tmp_path, name):
+    rc, _, err = train(run_cnn, tmp_path / "runs", name=name)
+    one_line(err, 2, rc, "--name must be a single folder name")
+    assert not (tmp_path / "escaped").exists() and not (tmp_path.parent / "escaped").exists()
+
+
+def _rewrite(path: Path, edit) -> None:
+    blob = serialization.msgpack_restore(path.read_bytes())
+    edit(blob)
+    path.write_bytes(serialization.msgpack_serialize(blob))
+
+
+def test_wrong_typed_checkpoint_values(run_cnn, trained):
+    last = trained / "checkpoints" / "last.msgpack"
+    good = last.read_bytes()
+    name = next(k for k in checkpoint.load(last)[1] if k.startswith("params/"))
+    _rewrite(last, lambda b: b["state"].__setitem__(name, "not an array"))
+    rc, _, err = run_cnn("evaluate", trained, "--checkpoint", "last")
+    one_line(err, 2, rc, "not an array", name)
+    last.write_bytes(good)
+    _rewrite(last, lambda b: b.__setitem__("meta", json.dumps({"loop": {"epoch": "one"}})))
+    rc, _, err = run_cnn("train", "--resume", trained, "--epochs", "2")
+    one_line(err, 2, rc, "damaged or foreign loop record")
+
+
+def test_nan_weights_are_refused_by_evaluate_and_predict(run_cnn, trained, tmp_path):
+    for which in ("best", "last"):
+        path = trained / "checkpoints" / f"{which}.msgpack"
+        name = next(k for k in checkpoint.load(path)[1] if k.startswith("params/"))
+
+        def poison(b):
+            b["state"][name] = np.full_like(b["state"][name], np.nan)
+
+        _rewrite(path, poison)
+    rc, _, err = run_cnn("evaluate", trained)
+    one_line(err, 2, rc, "NaN")
+    from PIL import Image
+
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "x.png")
+    rc, out, err = run_cnn("predict", tmp_path / "x.png", "--model", trained)
+    one_line(err, 2, rc, "NaN")
+    assert "nan" not in out
+
+
+def test_truncated_and_corrupt_cache_arrays_are_rebuilt_with_a_note(run_cnn, tmp_path, fresh_cache):
+    rc, _, err = train(run_cnn, tmp_path / "runs", name="a")
+    assert rc == 0, err
+    x = next(fresh_cache.glob("arrays/digits-*/train_x.npy"))
+    size = x.stat().st_size
+    with open(x, "r+b") as f:
+        f.truncate(size // 2)
+    rc, out, err = train(run_cnn, tmp_path / "runs", name="b")
+    assert rc == 0 and "Traceback" not in err, err
+    assert "damaged" in out and "rebuilt" in out and x.stat().st_size == size
+    with open(x, "r+b") as f:  # same size, other bytes: only the checksum can tell
+        f.seek(size - 100)
+        f.write(b"\xff" * 50)
+    rc, out, err = train(run_cnn, tmp_path / "runs", name="c")
+    assert rc == 0 and "does not match its checksum" in out, out + err
+    rc, out, err = train(run_cnn, tmp_path / "runs", name="d")  # whole again: no note
+    assert rc == 0 and "damaged" not in out, out
+    shutil.rmtree(tmp_path / "runs")

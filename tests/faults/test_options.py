@@ -1,0 +1,43 @@
+"""Options that used to be ignored or crash: --resume with other options, a missing --data-dir, any seed."""
+
+import json
+
+import pytest
+
+from cnncli.data import load_dataset
+from cnncli.train.config import SEED_SPAN, seed_value
+
+from faultkit import one_line
+
+DIGITS = ("train", "--dataset", "digits", "--arch", "net2", "--batch-size", "64", "--epochs", "1")
+
+
+def test_resume_refuses_options_it_would_not_honour(run_cnn, tmp_path):
+    rc, _, err = run_cnn(*DIGITS, "--out", tmp_path, "--name", "r")
+    assert rc == 0, err
+    rc, _, err = run_cnn("train", "--resume", tmp_path / "r", "--lr", "0.5", "--arch", "net2")
+    one_line(err, 2, rc, "--lr", "--arch", "only --epochs may change")
+
+
+@pytest.mark.parametrize("seed", [-1, 2**70])
+def test_any_integer_is_a_seed(run_cnn, tmp_path, seed):
+    rc, _, err = run_cnn(*DIGITS, "--seed", seed, "--out", tmp_path, "--name", "r")
+    assert rc == 0 and "Traceback" not in err, err
+    assert json.loads((tmp_path / "r" / "config.json").read_text())["seed"] == seed  # as typed
+
+
+def test_seed_values_keep_every_recorded_seed_and_spread_the_others():
+    assert [seed_value(s) for s in (0, 1, 12345, SEED_SPAN - 1)] == [0, 1, 12345, SEED_SPAN - 1]
+    other = [seed_value(s) for s in (-1, -2, SEED_SPAN, 2**70, -(2**70))]
+    assert len(set(other)) == 5 and all(0 <= s < SEED_SPAN for s in other)
+
+
+def test_a_data_dir_that_does_not_exist_is_refused_not_replaced_by_the_cache(run_cnn, data_dir, tmp_path):
+    ds = load_dataset("mnist", data_dir=data_dir)  # the cache entry the issue's run fell back on
+    rc, _, err = run_cnn(*DIGITS[:1], "--dataset", "mnist", "--data-dir", tmp_path / "nonexistent",
+                         "--out", tmp_path)
+    one_line(err, 2, rc, f"data folder {tmp_path / 'nonexistent'} does not exist")
+    # A folder that exists but lacks the files: the cache serves, and says so.
+    (tmp_path / "empty").mkdir()
+    again = load_dataset("mnist", data_dir=tmp_path / "empty")
+    assert again.fingerprint == ds.fingerprint and "loaded from the cache" in again.info["note"]
