@@ -76,11 +76,19 @@ def evaluate_arrays(eval_step, params, rest, mesh, x, y, batch_size: int, with_p
             yb = np.concatenate([yb, np.zeros(pad, np.int32)])
             w[m:] = 0.0
         sums.append(eval_step(params, rest, put(mesh, xb), put(mesh, yb), put(mesh, w)))
-    sums = jax.device_get(sums)  # one host sync per split
-    loss, correct = np.sum([s[:2] for s in sums], axis=0, dtype=np.float64)
+    loss, correct = np.sum(jax.device_get([s[:2] for s in sums]), axis=0, dtype=np.float64)  # one host sync
     if with_probs:
-        return float(loss) / n, float(correct) / n, np.concatenate([s[2] for s in sums])[:n]
+        return float(loss) / n, float(correct) / n, np.concatenate([_host(s[2]) for s in sums])[:n]
     return float(loss) / n, float(correct) / n
+
+
+def _host(a) -> np.ndarray:
+    """A batch-sharded array on the host: with several processes, every process's rows."""
+    if a.is_fully_addressable:
+        return np.asarray(a)
+    from jax.experimental import multihost_utils
+
+    return np.asarray(multihost_utils.process_allgather(a, tiled=True))
 
 
 def _round_up(a: int, b: int) -> int:
