@@ -116,3 +116,13 @@ def test_auto_precision_is_fp32_without_bf16_hardware(tuning):
 def test_auto_precision_takes_the_measured_faster_step(tuning):
     choice, why = precision.resolve("auto", ("k",), {"fp32": _slow, "bf16": lambda x: x + 1}, INPUTS, cpuinfo=AMX)
     assert choice == "bf16" and "amx_bf16" in why and "measured" in why
+
+
+def test_measuring_on_a_busy_machine_says_so_once(tuning, monkeypatch, capsys):
+    monkeypatch.setattr(tuner.os, "getloadavg", lambda: (99.0, 99.0, 99.0))
+    monkeypatch.setattr(tuner, "_warned_busy", False)
+    tuner.choose("op", (64,), CANDS, INPUTS)
+    tuner.choose("op", (65,), CANDS, INPUTS)
+    err = capsys.readouterr().err
+    assert err.count("the machine is busy (load 99.0") == 1 and "cnn bench --tune" in err
+    assert json.loads(tuner.path().read_text())["hosts"].popitem()[1]["ops"]["op(64,)"]["load"] == 99.0
