@@ -67,6 +67,8 @@ def collect_inputs(paths) -> tuple[list[Path], int]:
 
 def digit_box(run) -> float | None:
     """The share of the frame a digit's longer side fills for a digit model, None for other models."""
+    if "digit_box" in run.config:  # an export (export.Exported) carries the rule in its metadata
+        return run.config["digit_box"]
     name = run.config.get("data", {}).get("name") or Path(str(run.config.get("dataset", ""))).name
     if name in DIGIT_BOX:
         return DIGIT_BOX[name]
@@ -204,7 +206,7 @@ def _predict_chunk(run, chunk: list[Path], top_k: int, invert: str, advance) -> 
         if i in errors:
             results.append({"file": str(f), "error": errors[i]})
         else:
-            results.append(_result(run, f, probs[row_of[i]], prepared[i].notes, top_k))
+            results.append(result(run, f, probs[row_of[i]], prepared[i].notes, top_k))
     return results
 
 
@@ -214,7 +216,8 @@ def _without_path(msg: str, f: Path) -> str:
     return msg[len(prefix):] if msg.startswith(prefix) else msg
 
 
-def _result(run, f: Path, p: np.ndarray, notes: list[str], top_k: int) -> dict:
+def result(run, f, p: np.ndarray, notes: list[str], top_k: int) -> dict:
+    """One classified input as `predict --json` (and `serve`) report it; `f` names it."""
     best = np.argsort(-p, kind="stable")[: max(1, min(top_k, len(p)))]
     unsure = calibrate.is_unsure(float(p[best[0]]), run.calibration)  # None: the run chose no threshold
     out = {

@@ -576,13 +576,17 @@ def max_pool(x, window: int = 2, stride: int = 2, padding: str = "VALID"):
     does (extra padding at the end for an even window).
     """
     if tuner.is_plain():
-        return _pool_xla(x, window, stride, padding)
+        # flax's pool (reduce_window too), not `_pool_xla`: jax2onnx maps flax's to ONNX's MaxPool,
+        # a bare reduce_window_max to a 4-D MaxPool that onnxruntime rejects.
+        return nnx.max_pool(x, window_shape=(window, window), strides=(stride, stride), padding=padding)
     return _max_pool(x, window, stride, padding)
 
 
 def avg_pool(x, window: int = 2, stride: int = 2):
     """Average pooling (VALID), as a mean of shifted strided slices (plain ops: autodiff's gradient
     is a sum of pads, no window reduction to differentiate)."""
+    if tuner.is_plain():  # the slices below index, which a symbolic batch (export) turns into a gather
+        return nnx.avg_pool(x, window_shape=(window, window), strides=(stride, stride), padding="VALID")
     out_hw, _ = _pool_geometry(x.shape, window, stride, "VALID")
     total = 0.0
     for _, _, tap in _taps(x, (window, window), (stride, stride), out_hw):

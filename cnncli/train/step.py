@@ -58,7 +58,8 @@ def probabilities(logits, binary: bool):
     """Class probabilities (N, K); a binary head's P(class 1) becomes [1 - p, p]."""
     logits = logits.astype(jnp.float32)
     if binary:
-        p = jax.nn.sigmoid(logits[:, 0])
+        # Not logits[:, 0]: with a symbolic batch (export) indexing becomes a gather, which TFLite cannot convert.
+        p = jax.nn.sigmoid(jax.lax.index_in_dim(logits, 0, 1, keepdims=False))
         return jnp.stack([1.0 - p, p], axis=-1)
     return jax.nn.softmax(logits, -1)
 
@@ -127,15 +128,17 @@ def tta_views(x, flip: bool, shift: int, scales=()) -> list:
     axis (edges reflected, as a crop of a slightly larger photo would show them), one view per share
     of `scales` (see zoomed_view), and with `flip` the mirror of each. AlexNet averaged 10 such views
     (5 crops, mirrored) for the same reason."""
+    # lax's slice and rev, not indexing: with a symbolic batch (export) indexing becomes a gather.
     views = [x]
     if shift:
         h, w = x.shape[1:3]
         pad = jnp.pad(x, ((0, 0), (shift, shift), (shift, shift), (0, 0)), mode="reflect")
         for dy, dx in ((-shift, 0), (shift, 0), (0, -shift), (0, shift)):
-            views.append(pad[:, shift + dy : shift + dy + h, shift + dx : shift + dx + w])
+            rows = jax.lax.slice_in_dim(pad, shift + dy, shift + dy + h, axis=1)
+            views.append(jax.lax.slice_in_dim(rows, shift + dx, shift + dx + w, axis=2))
     views += [zoomed_view(x, s) for s in scales]
     if flip:
-        views += [v[:, :, ::-1, :] for v in views]
+        views += [jax.lax.rev(v, (2,)) for v in views]
     return views
 
 
@@ -147,11 +150,22 @@ def zoomed_view(x, share: float):
     if share < 1:
         ch, cw = max(1, round(h * share)), max(1, round(w * share))
         top, left = (h - ch) // 2, (w - cw) // 2
-        x = x[:, top : top + ch, left : left + cw]
+        x = jax.lax.slice_in_dim(jax.lax.slice_in_dim(x, top, top + ch, axis=1), left, left + cw, axis=2)
     else:
         ph, pw = round(h * (share - 1) / 2), round(w * (share - 1) / 2)
         x = jnp.pad(x, ((0, 0), (ph, ph), (pw, pw), (0, 0)), mode="reflect")
     return jax.image.resize(x, (n, h, w, c), "bilinear", antialias=True)
+
+
+def view_probabilities(model, x, binary: bool, tta_flip: bool = False, tta_shift: int = 0, tta_scales=()):
+    """(logits of `x`, class probabilities averaged over its test-time views): what evaluation,
+    prediction and an export (export.py) compute from a normalised batch."""
+    logits = model(x)
+    probs = probabilities(logits, binary)
+    views = tta_views(x, tta_flip, tta_shift, tta_scales)[1:]
+    if views:  # average the probabilities over the test-time views (see tta_views)
+        probs = (probs + sum(probabilities(model(v), binary) for v in views)) / (1 + len(views))
+    return logits, probs
 
 
 def make_eval_step(geval, *, binary, mean, std, tta_flip=False, tta_shift=0, tta_scales=(), precision="fp32"):
@@ -162,12 +176,9 @@ def make_eval_step(geval, *, binary, mean, std, tta_flip=False, tta_shift=0, tta
     def chunk_fn(params, rest, x, y):
         x = normalize(to_unit(x), mean, std).astype(dtype)
         model = nnx.merge(geval, to_compute(params, dtype), rest, copy=True)
-        logits = model(x)
-        probs = probabilities(logits, binary)
+        logits, probs = view_probabilities(model, x, binary, tta_flip, tta_shift, tta_scales)
         losses = per_example_loss(logits, y, binary)[0]
-        views = tta_views(x, tta_flip, tta_shift, tta_scales)[1:]
-        if views:  # average the probabilities over the test-time views (see tta_views)
-            probs = (probs + sum(probabilities(model(v), binary) for v in views)) / (1 + len(views))
+        if tta_flip or tta_shift or tta_scales:
             losses = -jnp.log(jnp.clip(jnp.take_along_axis(probs, y[:, None], 1)[:, 0], 1e-7, 1.0))
         return losses, probs
 
