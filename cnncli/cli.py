@@ -13,7 +13,7 @@ from typing import Annotated
 import typer
 
 from . import __version__
-from .commands import bench, compare, data, evaluate, models, predict, recipes, train
+from .commands import bench, compare, data, evaluate, export, models, predict, recipes, train
 from .commands.options import option
 from .guard import Group
 
@@ -51,6 +51,8 @@ for _name, _fn in (
     ("evaluate", evaluate.evaluate),
     ("predict", predict.predict),
     ("explain", predict.explain),
+    ("export", export.export),
+    ("serve", export.serve),
     ("compare-pooling", compare.compare_pooling),
     ("compare", compare.compare),
     ("bench", bench.bench),

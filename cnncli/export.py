@@ -21,7 +21,9 @@ the run's on a probe batch (`check`); `load_export` is that loader, used by `cnn
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -79,7 +81,8 @@ def export(run_dir, fmt: str, out=None, checkpoint: str = "best", precision: str
                                                             + FORMATS[fmt].suffix)
     meta = metadata(run, used, epoch, precision)
     meta["format"] = fmt
-    _WRITERS[fmt](inference_fn(run, precision), input_spec(run), path, meta)
+    with quiet_stderr():  # TensorFlow's CUDA probe line, while it traces on a CPU-only build
+        _WRITERS[fmt](inference_fn(run, precision), input_spec(run), path, meta)
     if not FORMATS[fmt].inline_meta:
         write_json(meta_path(path), meta)
     diff = check(run, path, TOLERANCE if precision == "fp32" else 0.05)
@@ -202,6 +205,7 @@ def _onnx(fn, spec, path: Path, meta: dict) -> None:
     from .models.layers import reference_ops
 
     _jax2onnx_plugins()
+    logging.getLogger("onnx_ir").setLevel(logging.ERROR)  # "value type ... not known" for shape constants
     with reference_ops():
         proto = to_onnx(fn, [spec], model_name="cnn", input_names=[INPUT], output_names=[OUTPUT])
     entry = proto.metadata_props.add()
@@ -253,7 +257,8 @@ def _tflite(fn, spec, path: Path, meta: dict) -> None:
 
     with tempfile.TemporaryDirectory() as d:
         _save_tf(fn, spec, Path(d))
-        flat = tf.lite.TFLiteConverter.from_saved_model(d).convert()
+        with quiet_stderr():
+            flat = tf.lite.TFLiteConverter.from_saved_model(d).convert()
     write_bytes(path, flat)
 
 
@@ -266,11 +271,34 @@ def _tensorflow():
     from .runtime import user_xla_flags
 
     os.environ["XLA_FLAGS"] = user_xla_flags()
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    import tensorflow as tf
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # its C++ start-up chatter is not the user's business
+    os.environ.setdefault("CUDA_VISIBLE_DEVICES", "-1")  # TensorFlow only converts here; JAX has its device already
+    with quiet_stderr():
+        import tensorflow as tf
 
-    tf.config.set_visible_devices([], "GPU")  # the CPU build probes CUDA otherwise; JAX keeps the device
     return tf
+
+
+@contextlib.contextmanager
+def quiet_stderr():
+    """Hold back what C++ libraries write to file descriptor 2 (TensorFlow's start-up and CUDA probe
+    lines, which its log level does not silence); it is shown after all if the block fails."""
+    import sys
+
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as held:
+        os.dup2(held.fileno(), 2)
+        try:
+            yield
+        except BaseException:
+            os.dup2(saved, 2)
+            held.seek(0)
+            sys.stderr.write(held.read().decode(errors="replace"))
+            raise
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
 
 
 class _atomic_dir:
@@ -341,6 +369,15 @@ class Exported:
         return np.concatenate(out) if out else np.zeros((0, len(self.classes)), np.float32)
 
 
+def load_model(path=None, checkpoint: str = "best"):
+    """What `predict` and `serve` take: an export (by its name), else a run directory (default the newest)."""
+    from .train import latest_run, load_run
+
+    if path is not None and is_export(path):
+        return load_export(path)
+    return load_run(path or latest_run(), which=checkpoint)
+
+
 def is_export(path) -> bool:
     """True for a file or directory `load_export` reads (by its name: .onnx, .stablehlo, .tflite, _savedmodel)."""
     p = Path(path)
@@ -404,7 +441,8 @@ def _padded(call, x: np.ndarray, sizes=(1, 8, 32, 128, 256)):
 
 def _load_savedmodel(path: Path):
     tf = _tensorflow()
-    fn = tf.saved_model.load(str(path)).signatures["serving_default"]
+    with quiet_stderr():
+        fn = tf.saved_model.load(str(path)).signatures["serving_default"]
     return _sidecar(path), lambda x: fn(**{INPUT: tf.constant(x)})[OUTPUT].numpy()
 
 
@@ -414,7 +452,8 @@ def _load_tflite(path: Path):
 
     def call(x):
         interpreter.resize_tensor_input(inp["index"], x.shape)
-        interpreter.allocate_tensors()
+        with quiet_stderr():  # "INFO: Created TensorFlow Lite XNNPACK delegate for CPU."
+            interpreter.allocate_tensors()
         interpreter.set_tensor(inp["index"], x)
         interpreter.invoke()
         return interpreter.get_tensor(out["index"]).copy()

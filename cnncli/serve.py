@@ -18,6 +18,7 @@ a 4xx with the line `cnn predict` prints for that file; nothing reaches a client
 # No `from __future__ import annotations`: FastAPI reads the routes' annotations (Request) at run time.
 
 import asyncio
+import signal
 import sys
 import tempfile
 import threading
@@ -270,5 +271,12 @@ def serve(model, *, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, checkpoi
     where = "only this machine can connect; --host 0.0.0.0 for every interface" if host in (
         "127.0.0.1", "localhost", "::1") else "reachable from other machines"
     say(f"serving {getattr(model, 'path', None) or model.dir} on http://{host}:{port} ({where}); Ctrl-C stops")
-    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
+    # uvicorn finishes the open requests on SIGINT/SIGTERM, then raises the signal again for the handler
+    # it found: a no-op here, so that a stop asked for is a clean exit (0, "stopped"), not a kill.
+    previous = {sig: signal.signal(sig, lambda *_: None) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     say("stopped")

@@ -9,13 +9,13 @@ from typing import Annotated, Optional
 import typer
 
 from ..errors import CnnError
-from .options import Invert, Json, Model, TopK, option
+from .options import Invert, Json, Model, ModelOrExport, TopK, option
 
 
 def predict(
     images: Annotated[list[Path], typer.Argument(help="Image files and/or folders (searched recursively, sorted).",
                                                  metavar="IMAGE...")],
-    model: Model = None,
+    model: ModelOrExport = None,
     top_k: TopK = 3,
     invert: Invert = "auto",
     json: Annotated[bool, option("--json", help="Print a JSON list on stdout, one entry per file.", is_flag=True)] = False,
@@ -25,8 +25,8 @@ def predict(
     """Classify images with a trained run; a bad file gets one error line and the others still run."""
     from .. import calibrate
     from ..console import Out
+    from ..export import load_model
     from ..predict import collect_inputs, csv_text, describe, predict_files
-    from ..train import latest_run, load_run
 
     if json and csv:
         raise CnnError("choose one of --json and --csv")
@@ -36,7 +36,7 @@ def predict(
         print(f"note: skipped {skipped} file(s) without an image extension in the folders given", file=sys.stderr)
     if not files:
         raise CnnError("no image files found in " + ", ".join(map(str, images)))
-    run = load_run(model or latest_run())
+    run = load_model(model)
     if top_k > len(run.classes):  # what is shown must match what is said
         print(f"note: the model has {len(run.classes)} classes; showing all {len(run.classes)}, not top {top_k}",
               file=sys.stderr)
@@ -76,9 +76,12 @@ def explain(
     """Saliency map: |d predicted-class logit / d pixel|, beside the image and as an overlay, in one PNG."""
     from ..console import Out
     from ..explain import explain as explain_image
+    from ..export import is_export
     from ..train import latest_run, load_run
 
     o = Out(json=json)
+    if model is not None and is_export(model):
+        raise CnnError(f"{model} is an export: saliency maps need the run directory (its gradients)")
     run = load_run(model or latest_run())
     r = explain_image(run, image, out, invert)
     if json:
