@@ -109,15 +109,17 @@ def inference_fn(run, precision: str = "fp32"):
     import jax.numpy as jnp
 
     predict, state = predict_fn(run.model, run.binary_head, run.mean, run.std, run.tta_flip, run.tta_shift,
-                                jnp.bfloat16 if precision == "bf16" else jnp.float32)
+                                run.tta_scales, temperature(run), jnp.bfloat16 if precision == "bf16" else jnp.float32)
     # Every float array (weights and BatchNorm statistics), so that no layer mixes two precisions.
     state = jax.tree.map(lambda a: a.astype(predict.dtype) if jnp.issubdtype(a.dtype, jnp.floating) else a, state)
     return lambda images: predict(state, images)
 
 
-def predict_fn(model, binary: bool, mean, std, tta_flip: bool = False, tta_shift: int = 0, dtype=None):
+def predict_fn(model, binary: bool, mean, std, tta_flip: bool = False, tta_shift: int = 0, tta_scales=(),
+               temperature: float = 1.0, dtype=None):
     """(predict(state, images) -> probabilities, the model's state): normalisation, the network in
-    eval mode and the test-time views, computing in `dtype` (default float32)."""
+    eval mode, the test-time views and the calibration temperature, computing in `dtype` (default float32)."""
+    import jax
     import jax.numpy as jnp
     from flax import nnx
 
@@ -129,11 +131,19 @@ def predict_fn(model, binary: bool, mean, std, tta_flip: bool = False, tta_shift
 
     def predict(state, images):
         x = normalize(to_unit(images), mean, std).astype(predict.dtype)
-        probs = view_probabilities(nnx.merge(graphdef, state), x, binary, tta_flip, tta_shift)[1]
-        return probs.astype(jnp.float32)
+        probs = view_probabilities(nnx.merge(graphdef, state), x, binary, tta_flip, tta_shift, tta_scales)[1]
+        probs = probs.astype(jnp.float32)
+        if temperature != 1.0:  # calibrate.apply's softmax(log p / T), in the graph
+            probs = jax.nn.softmax(jnp.log(jnp.clip(probs, 1e-12, 1.0)) / temperature, axis=-1)
+        return probs
 
     predict.dtype = dtype or jnp.float32
     return predict, state
+
+
+def temperature(run) -> float:
+    """The calibration temperature `cnn predict` applies (calibrate.py), 1 for a run without one."""
+    return float((run.calibration or {}).get("temperature", 1.0))
 
 
 def input_spec(run):
@@ -166,7 +176,10 @@ def metadata(run, checkpoint: str = "best", epoch: int | None = None, precision:
         "digits": None if box is None else {
             "box": box, "invert": "auto: a digit photo whose border is light (dark ink on paper) is inverted",
             "centre": "ink cropped, its longer side scaled to box x the frame, placed by centre of mass"},
-        "test_time_views": {"flip": bool(run.tta_flip), "shift": int(run.tta_shift), "in_graph": True},
+        "test_time_views": {"flip": bool(run.tta_flip), "shift": int(run.tta_shift),
+                            "scales": [float(s) for s in run.tta_scales], "in_graph": True},
+        # The temperature is applied in the graph; the unsure rule is the caller's (calibrate.is_unsure).
+        "calibration": None if run.calibration is None else {**run.calibration, "in_graph": True},
         "precision": precision,
         "source": {"run_dir": str(Path(run.dir).resolve()), "arch": run.config.get("arch"),
                    "dataset": run.config.get("dataset"), "data": run.config.get("data", {}).get("name"),
@@ -362,10 +375,20 @@ class Exported:
     def dir(self) -> Path:
         return self.path.parent
 
-    def probabilities(self, x_uint8, batch_size: int = 256) -> np.ndarray:
-        """Class probabilities (N, K) for uint8 images, `batch_size` at a time."""
+    @property
+    def calibration(self) -> dict | None:
+        """The run's calibration record, its temperature already applied inside the graph."""
+        cal = self.meta.get("calibration")
+        return None if cal is None else {**cal, "temperature": 1.0}
+
+    def probabilities(self, x_uint8, batch_size: int = 256, progress=None) -> np.ndarray:
+        """Class probabilities (N, K) for uint8 images, `batch_size` at a time (calibrated: see `calibration`)."""
         x = np.asarray(x_uint8, np.uint8)
-        out = [np.asarray(self._call(x[i : i + batch_size]), np.float32) for i in range(0, len(x), batch_size)]
+        out = []
+        for i in range(0, len(x), batch_size):
+            out.append(np.asarray(self._call(x[i : i + batch_size]), np.float32))
+            if progress is not None:
+                progress(len(out[-1]))
         return np.concatenate(out) if out else np.zeros((0, len(self.classes)), np.float32)
 
 
@@ -481,8 +504,10 @@ _LOADERS = {"onnx": _load_onnx, "stablehlo": _load_stablehlo, "savedmodel": _loa
 def check(run, path: Path, tolerance: float = TOLERANCE) -> float:
     """Largest |export - run| probability on a probe batch; raises CnnError beyond `tolerance`."""
     probe = np.random.default_rng(0).integers(0, 256, (PROBE, *run.input_shape), np.uint8)
+    from .predict import calibrated
+
     got = load_export(path).probabilities(probe)
-    diff = float(np.abs(got - run.probabilities(probe)).max())
+    diff = float(np.abs(got - calibrated(run, run.probabilities(probe))).max())
     if not diff <= tolerance:
         raise CnnError(f"{path}: the export's probabilities differ from the run's by {diff:.2g} (> {tolerance:g})")
     return diff

@@ -198,9 +198,7 @@ def _predict_chunk(run, chunk: list[Path], top_k: int, invert: str, advance) -> 
             errors[i] = _without_path(str(e), f)
         advance()  # decoding is the slow part of a folder of photos
     order = sorted(prepared)
-    probs = run.probabilities(np.stack([prepared[i].x for i in order])) if order else None
-    if probs is not None and run.calibration:  # the temperature fitted on the validation split
-        probs = calibrate.apply(probs, run.calibration["temperature"])
+    probs = calibrated(run, run.probabilities(np.stack([prepared[i].x for i in order]))) if order else None
     row_of = {i: r for r, i in enumerate(order)}
     for i, f in enumerate(chunk):
         if i in errors:
@@ -208,6 +206,11 @@ def _predict_chunk(run, chunk: list[Path], top_k: int, invert: str, advance) -> 
         else:
             results.append(result(run, f, probs[row_of[i]], prepared[i].notes, top_k))
     return results
+
+
+def calibrated(run, probs: np.ndarray) -> np.ndarray:
+    """`probs` with the run's temperature applied (fitted on its validation split; see calibrate.py)."""
+    return calibrate.apply(probs, run.calibration["temperature"]) if run.calibration else probs
 
 
 def _without_path(msg: str, f: Path) -> str:

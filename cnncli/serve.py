@@ -189,7 +189,7 @@ def create_app(model, *, info: dict | None = None, max_batch: int = 32, max_wait
             return files
         prepared = await run_in_threadpool(prepare, files, invert)
         good = [i for i, p in enumerate(prepared) if not isinstance(p, str)]
-        probs = await batcher.probabilities(np.stack([prepared[i].x for i in good])) if good else None
+        probs = P.calibrated(model, await batcher.probabilities(np.stack([prepared[i].x for i in good]))) if good else None
         row = {i: r for r, i in enumerate(good)}
         results = [{"file": name, "error": p} if isinstance(p, str) else
                    P.result(model, name, probs[row[i]], p.notes, top_k)

@@ -3,8 +3,9 @@ plain ops for every architecture, the metadata carries the preprocessing, `predi
 gives the run directory's answer.
 
 The round trip uses a small binary-head run (the seed's catsdogs net: max pooling, BatchNorm,
-dropout, one sigmoid unit) trained on a folder of two digit classes, with test-time flips and
-shifts, so each format carries every piece of the graph; the digits run is shared with
+dropout, one sigmoid unit) trained on a folder of two digit classes, with test-time flips and a
+scale and a calibration temperature, so each format carries every kind of piece of the graph (the
+shifted views, 4 more copies of the network to compile, are traced in the plain-ops test); the digits run is shared with
 test_evaluate.py.
 """
 
@@ -22,6 +23,7 @@ from cnncli.evaluate import dataset_for
 from cnncli.models import abstract_model
 from cnncli.models.layers import reference_ops
 from cnncli.models.registry import ARCHS
+from cnncli.predict import calibrated
 from cnncli.train import load_run
 from test_evaluate import trained_run
 
@@ -47,7 +49,7 @@ def two_digit_folder(root):
 def binary(tmp_path_factory):
     folder = two_digit_folder(tmp_path_factory.mktemp("two") / "data")
     return trained_run(tmp_path_factory, "binary", arch="catsdogs", dataset=str(folder), image_size=32, epochs=1,
-                       batch_size=16, tta_flip=True, tta_shift=1, val_split=0.2)
+                       batch_size=16, tta_flip=True, tta_scales="0.8", val_split=0.2)
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +70,7 @@ def test_each_format_answers_as_the_run(fmt, binary, exported):
     run = load_run(binary["run_dir"])
     x = dataset_for(run)[0].test.x
     model = E.load_export(r["file"])
-    want, got = run.probabilities(x), model.probabilities(x)
+    want, got = calibrated(run, run.probabilities(x)), model.probabilities(x)
     assert got.shape == want.shape == (len(x), 2)
     assert np.abs(got - want).max() <= 1e-4
     assert (got.argmax(1) == want.argmax(1)).all()
@@ -78,7 +80,9 @@ def test_each_format_answers_as_the_run(fmt, binary, exported):
     meta = model.meta
     assert meta["classes"] == run.classes == ["one", "zero"] and meta["binary_head"] is True
     assert meta["input"]["shape"] == [None, 32, 32, 3] and meta["input"]["dtype"] == "uint8"
-    assert meta["test_time_views"] == {"flip": True, "shift": 1, "in_graph": True}
+    assert meta["test_time_views"] == {"flip": True, "shift": 0, "scales": [0.8], "in_graph": True}
+    assert run.calibration["temperature"] != 1.0  # fitted on the validation split: applied in the graph
+    assert meta["calibration"]["temperature"] == run.calibration["temperature"]
     assert meta["normalization"]["mean"] == list(run.mean) and meta["digits"] is None
     assert meta["source"]["arch"] == "catsdogs" and meta["source"]["checkpoint"] == "best"
     assert meta["source"]["test_accuracy"] == pytest.approx(binary["test_accuracy"])
@@ -102,7 +106,8 @@ def _primitives(jaxpr) -> set:
 def test_exported_graph_is_plain_ops_for_every_arch(arch):
     shape = (64, 64, 3) if arch in ("vgg16", "resnet_photo") else (32, 32, 3)
     model = abstract_model(arch, shape, 10)  # shapes only: even VGG-16 traces at once
-    predict, state = E.predict_fn(model, False, (0.5,) * 3, (0.25,) * 3, tta_flip=True, tta_shift=1)
+    predict, state = E.predict_fn(model, False, (0.5,) * 3, (0.25,) * 3, tta_flip=True, tta_shift=1,
+                                  tta_scales=(0.8, 1.25), temperature=1.5)
     spec = jax.ShapeDtypeStruct(jax.export.symbolic_shape("batch, %d, %d, 3" % shape[:2]), jnp.uint8)
     with reference_ops():
         prims = _primitives(jax.make_jaxpr(predict)(state, spec).jaxpr)

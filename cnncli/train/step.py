@@ -154,7 +154,11 @@ def zoomed_view(x, share: float):
     else:
         ph, pw = round(h * (share - 1) / 2), round(w * (share - 1) / 2)
         x = jnp.pad(x, ((0, 0), (ph, ph), (pw, pw), (0, 0)), mode="reflect")
-    return jax.image.resize(x, (n, h, w, c), "bilinear", antialias=True)
+    # jax.image.resize's own computation, over the two spatial axes named: resize compares every axis's
+    # size, which a symbolic batch (export) cannot answer, and jax2onnx's resize takes fixed shapes only.
+    scale = jnp.array([h / x.shape[1], w / x.shape[2]], jnp.float32)
+    return jax.image.scale_and_translate(x, (n, h, w, c), (1, 2), scale, jnp.zeros(2, jnp.float32), "linear",
+                                         antialias=True)
 
 
 def view_probabilities(model, x, binary: bool, tta_flip: bool = False, tta_shift: int = 0, tta_scales=()):
