@@ -33,9 +33,12 @@ from .errors import CnnError
 from .runtime import user_xla_flags
 
 BENCH_DIR = Path(__file__).resolve().parent.parent / "benchmarks"
-PEERS = {"torch": "torch", "keras": "tensorflow"}  # framework -> module that must be importable
+PEERS = {"torch": "torch", "keras": "tensorflow", "onnxruntime": "onnxruntime"}  # -> module that must be importable
 MODES = ("train", "infer")
 PEER_ARCHS = ("net1", "net2")
+# Peers that run cnn's own network, exported (export.py), rather than a reference rewritten in their
+# framework: any architecture, inference only (ONNX Runtime does not train).
+EXPORT_PEERS = ("onnxruntime",)
 TRAIN_FLOPS_FACTOR = 3  # forward + input gradient + weight gradient, each about one forward
 
 
@@ -260,16 +263,16 @@ class Peer:
     times one group of steps in it (seconds, measured by the peer around its own steps)."""
 
     def __init__(self, framework: str, arch: str, input_shape, batch_size: int, mode: str, warmup: int,
-                 precision: str = "fp32"):
+                 precision: str = "fp32", model: str | None = None):
         if framework not in PEERS:
             raise PeerError(f"unknown peer {framework!r} (choose from {', '.join(PEERS)})")
-        if arch not in PEER_ARCHS:
+        if framework not in EXPORT_PEERS and arch not in PEER_ARCHS:
             raise PeerError(f"{framework}: no reference implementation of {arch} (only {', '.join(PEER_ARCHS)}); skipped")
         if importlib.util.find_spec(PEERS[framework]) is None:
             raise PeerError(f"{framework}: not installed (pip install -e '.[bench]'); skipped")
         cmd = [sys.executable, str(BENCH_DIR / f"{framework}_ref.py"), "--arch", arch,
                "--input-shape", ",".join(map(str, input_shape)), "--batch-size", str(batch_size), "--mode", mode,
-               "--warmup", str(warmup), "--precision", precision, "--serve"]
+               "--warmup", str(warmup), "--precision", precision, "--serve"] + (["--model", model] if model else [])
         env = {**os.environ, "XLA_FLAGS": user_xla_flags()}
         self.framework = framework
         self.stderr = tempfile.TemporaryFile("w+")  # a file, not a pipe: TensorFlow's logging cannot fill it and stall
@@ -318,9 +321,15 @@ def measure(setup: _Setup, mode: str, batch_size: int, peers: list[str], *, repe
     from .console import task_progress
 
     procs, failed = [], {}
+    exported = None
     for peer in peers:
+        if peer in EXPORT_PEERS and mode != "infer":
+            continue  # no train row for an inference runtime
         try:
-            procs.append(Peer(peer, setup.arch, setup.input_shape, batch_size, mode, warmup, setup.precision))
+            if peer in EXPORT_PEERS and exported is None:
+                exported = onnx_file(setup)
+            procs.append(Peer(peer, setup.arch, setup.input_shape, batch_size, mode, warmup, setup.precision,
+                              str(exported) if peer in EXPORT_PEERS else None))
         except PeerError as e:
             failed[peer] = str(e)
     try:
@@ -341,6 +350,22 @@ def measure(setup: _Setup, mode: str, batch_size: int, peers: list[str], *, repe
         row = add_rates(dict(p.info, **common, **rates(seconds[p.framework], batch_size, steps)), flops, peak)
         rows.append(dict(row, cnn_speedup=cnn["images_per_s"] / row["images_per_s"]))
     return rows, failed
+
+
+def onnx_file(setup: _Setup) -> Path:
+    """The setup's network, with its current weights, as `cnn export --format onnx` writes it (uint8 in,
+    normalisation inside), for the onnxruntime peer; in a temporary folder."""
+    from flax import nnx
+
+    from . import export
+
+    if importlib.util.find_spec("jax2onnx") is None:
+        raise PeerError(f"onnxruntime: exporting the model needs jax2onnx ({export.EXTRA_HINT}); skipped")
+    predict, state = export.predict_fn(nnx.merge(setup.geval, setup.state.params, setup.state.rest), False,
+                                       setup.mean, setup.std)
+    path = Path(tempfile.mkdtemp(prefix="cnn-bench-")) / "model.onnx"
+    export.write(lambda x: predict(state, x), "onnx", setup.input_shape, path)
+    return path
 
 
 def add_rates(row: dict, flops_per_image: int, peak_gflops: float) -> dict:

@@ -81,8 +81,7 @@ def export(run_dir, fmt: str, out=None, checkpoint: str = "best", precision: str
                                                             + FORMATS[fmt].suffix)
     meta = metadata(run, used, epoch, precision)
     meta["format"] = fmt
-    with quiet_stderr():  # TensorFlow's CUDA probe line, while it traces on a CPU-only build
-        _WRITERS[fmt](inference_fn(run, precision), input_spec(run), path, meta)
+    write(inference_fn(run, precision), fmt, run.input_shape, path, meta)
     if not FORMATS[fmt].inline_meta:
         write_json(meta_path(path), meta)
     diff = check(run, path, TOLERANCE if precision == "fp32" else 0.05)
@@ -146,12 +145,18 @@ def temperature(run) -> float:
     return float((run.calibration or {}).get("temperature", 1.0))
 
 
-def input_spec(run):
+def write(fn, fmt: str, input_shape, path: Path, meta: dict | None = None) -> None:
+    """Convert `fn` (uint8 images -> probabilities) to `fmt` at `path` with `meta` (the format's writer)."""
+    with quiet_stderr():  # TensorFlow's CUDA probe line, while it traces on a CPU-only build
+        _WRITERS[fmt](fn, input_spec(input_shape), Path(path), meta or {})
+
+
+def input_spec(input_shape):
     """The input's abstract value: uint8 NHWC with a symbolic batch dimension."""
     import jax
     import jax.numpy as jnp
 
-    h, w, c = run.input_shape
+    h, w, c = input_shape
     return jax.ShapeDtypeStruct(jax.export.symbolic_shape(f"batch, {h}, {w}, {c}"), jnp.uint8)
 
 
@@ -191,7 +196,7 @@ def metadata(run, checkpoint: str = "best", epoch: int | None = None, precision:
 def meta_path(path: Path) -> Path:
     """Where the JSON goes for formats without a metadata slot: inside a directory, else beside the file."""
     path = Path(path)
-    return path / "cnn.json" if path.name.endswith(FORMATS["savedmodel"].suffix) else path.with_name(path.name + ".json")
+    return path / "cnn.json" if path.is_dir() else path.with_name(path.name + ".json")
 
 
 # --- one writer per format -----------------------------------------------------------------------

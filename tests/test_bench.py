@@ -44,7 +44,7 @@ def test_cpu_info_names_the_widest_vector_extension():
 def test_bench_rejects_unknown_peer_in_one_line():
     proc = _cnn("bench", "--vs", "mxnet", "--dataset", "digits")
     assert proc.returncode == 2
-    assert proc.stderr.strip() == "error: --vs must be a comma list of torch, keras, not 'mxnet'"
+    assert proc.stderr.strip() == "error: --vs must be a comma list of torch, keras, onnxruntime, not 'mxnet'"
 
 
 def test_peer_notes_say_why_a_peer_is_skipped():
@@ -251,3 +251,20 @@ def test_peers_run_in_the_benchmarks_precision(fake_peer):
     assert [(x["framework"], x["precision"]) for x in rows] == [("cnn", "bf16"), ("fake", "bf16")]
     r = CliRunner().invoke(app, ["bench", "--precision", "fp16"])
     assert r.exit_code == 2 and "fp16" in r.output
+
+
+def test_onnxruntime_times_cnns_own_export_on_the_inference_rows():
+    """--vs onnxruntime: cnn's network (any arch, here fastcnn, which has no torch/keras reference) exported
+    and timed in ONNX Runtime; an inference row only, as ONNX Runtime does not train."""
+    from typer.testing import CliRunner
+
+    from cnncli.cli import app
+
+    r = CliRunner().invoke(app, ["bench", "--arch", "fastcnn", "--input-shape", "28,28,1", "--vs", "onnxruntime",
+                                 "--modes", "train,infer", "--repeats", "1", "--steps", "1", "--warmup", "0",
+                                 "--batch-size", "8", "--no-pipeline", "--json"])
+    assert r.exit_code == 0, r.output
+    rows = [json.loads(line) for line in r.stdout.splitlines() if line.startswith("{")]
+    assert [(x["framework"], x["mode"]) for x in rows] == [("cnn", "train"), ("cnn", "infer"), ("onnxruntime", "infer")]
+    peer = rows[2]
+    assert peer["version"].startswith("onnxruntime ") and peer["arch"] == "fastcnn" and peer["images_per_s"] > 0

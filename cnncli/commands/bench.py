@@ -27,7 +27,8 @@ def bench(
     steps: Annotated[int, option("--steps", rule=AT_LEAST_1, help="Steps per timed group.", metavar="N")] = 10,
     warmup: Annotated[int, option("--warmup", rule=NON_NEGATIVE, help="Untimed steps after compilation.",
                                   metavar="N")] = 2,
-    vs: Annotated[str, option("--vs", help="Peers to run in subprocesses (pip install -e '.[bench]').",
+    vs: Annotated[str, option("--vs", help="Peers to run in subprocesses: torch, keras (pip install -e '.[bench]'); "
+                              "onnxruntime, the ONNX export on the inference rows ('.[export]').",
                               rule=ChoiceList(B.PEERS, empty=True), metavar="PEERS", unset="none")] = "",
     pipeline: Annotated[bool, option("--pipeline/--no-pipeline", help="Also time real batches from the data set.",
                                      is_flag=True)] = True,
