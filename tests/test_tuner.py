@@ -126,3 +126,31 @@ def test_measuring_on_a_busy_machine_says_so_once(tuning, monkeypatch, capsys):
     err = capsys.readouterr().err
     assert err.count("the machine is busy (load 99.0") == 1 and "cnn bench --tune" in err
     assert json.loads(tuner.path().read_text())["hosts"].popitem()[1]["ops"]["op(64,)"]["load"] == 99.0
+
+
+def test_bench_tune_measures_every_layer_again(tuning):
+    """`cnn bench --tune` re-measures the layers it is about to time and says how many, and where."""
+    from typer.testing import CliRunner
+
+    from cnncli.cli import app
+
+    args = ["bench", "--arch", "net2", "--dataset", "digits", "--modes", "infer", "--repeats", "1", "--steps", "1",
+            "--warmup", "0", "--no-pipeline", "--tune"]
+    r = CliRunner().invoke(app, args)
+    assert r.exit_code == 0, r.output
+    assert "tuned" in r.output and str(tuner.path()) in r.output
+    first = len(tuner.measured())
+    assert first >= 3  # net2's two convolutions and its dense layers, forward
+    tuner.reset()
+    r = CliRunner().invoke(app, args)  # again: measured again, not read back
+    assert r.exit_code == 0 and len(tuner.measured()) == first
+
+
+def test_train_records_the_precision_auto_resolved_to(run_cnn, tmp_path):
+    """`--precision auto` (the default) prints its choice and config.json keeps the resolved one;
+    measuring off (the suite's CNN_TUNE=0), it is fp32."""
+    code, out, err = run_cnn("train", "--arch", "net2", "--dataset", "digits", "--epochs", "1", "--out", tmp_path)
+    assert code == 0, err
+    assert "precision: fp32 (auto:" in out + err
+    (run,) = tmp_path.iterdir()
+    assert json.loads((run / "config.json").read_text())["precision"] == "fp32"
