@@ -158,8 +158,35 @@ def _enabled() -> bool:
     return jax.process_count() == 1
 
 
+def _compile_all(candidates: dict, args) -> dict:
+    """name -> compiled executable (or the exception it raised), compiled side by side.
+
+    Compiling is most of what measuring costs (9 of net1's 15 s, one XLA compile per candidate);
+    XLA compiles without the GIL, so a thread per core overlaps them. Timing stays sequential."""
+    import concurrent.futures
+
+    import jax
+
+    def compile_one(fn):
+        try:
+            return jax.jit(fn).lower(*args).compile()
+        except Exception as e:  # noqa: BLE001 - reported per candidate, see `choose`
+            return e
+
+    workers = min(len(candidates), _cores())
+    if workers <= 1:
+        return {name: compile_one(fn) for name, fn in candidates.items()}
+    with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+        futures = {name: pool.submit(compile_one, fn) for name, fn in candidates.items()}
+        return {name: f.result() for name, f in futures.items()}
+
+
+def _cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def _time(fn, args, best: float) -> float:
-    """Median seconds of `fn(*args)` after one compiling call: up to REPEATS calls within BUDGET_S
+    """Median seconds of `fn(*args)` after one warm-up call: up to REPEATS calls within BUDGET_S
     (at least 3), or one when it is already twice as slow as the `best` candidate so far."""
     import jax
 
@@ -200,11 +227,13 @@ def choose(op: str, key: tuple, candidates: dict, make_inputs) -> str:
     ms: dict[str, float] = {}
     with jax.ensure_compile_time_eval():
         args = make_inputs()
-        for name, fn in candidates.items():
+        for name, compiled in _compile_all(candidates, args).items():
+            if isinstance(compiled, Exception):  # a form this backend cannot compile is not a candidate
+                continue
             try:
                 best = min(ms.values(), default=float("inf")) / 1e3
-                ms[name] = round(_time(jax.jit(fn), args, best) * 1e3, 4)
-            except Exception:  # a form this backend cannot compile or run is not a candidate  # noqa: BLE001
+                ms[name] = round(_time(compiled, args, best) * 1e3, 4)
+            except Exception:  # nor one it cannot run  # noqa: BLE001
                 continue
     choice = min(ms, key=ms.get) if ms else names[0]
     record = {"choice": choice, "ms": ms, "load": _load_average()}
@@ -231,7 +260,7 @@ def _warn_if_busy(load: float | None) -> None:
     On the AMX Xeon, net1's choices measured at load ~9 trained at 523 images/s, measured again on
     the quiet machine at 916."""
     global _warned_busy
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    cores = _cores()
     if load is not None and load > cores and not _warned_busy:
         _warned_busy = True
         _note(f"note: the machine is busy (load {load:.1f} on {cores} cores) while measuring; for choices that hold, "

@@ -102,6 +102,19 @@ def test_a_model_layer_asks_for_each_direction(tuning):
         assert jnp.allclose(a, b, rtol=1e-5, atol=1e-4)
 
 
+def test_a_networks_input_gradient_is_neither_computed_nor_measured(tuning):
+    x, k = jnp.ones((4, 8, 8, 3)), jnp.ones((3, 3, 3, 8)) * 0.1
+    jax.jit(jax.grad(lambda k: layers.conv2d(x, k).sum()))(k)
+    assert {key.split("(")[0] for key, _, _ in tuner.measured()} == {"conv_fwd", "conv_kgrad"}
+
+
+def test_candidates_are_compiled_side_by_side_and_a_failing_one_is_dropped(tuning, monkeypatch):
+    monkeypatch.setattr(tuner, "_cores", lambda: 2)
+    boom = lambda x: x.reshape(7, -1)  # noqa: E731 - 4096 values: fails while lowering
+    assert tuner.choose("op", (7,), {"xla": _slow, "bad": boom, "fast": lambda x: x + 1}, INPUTS) == "fast"
+    assert set(tuner.choices()["op(7,)"]["ms"]) == {"xla", "fast"}
+
+
 AMX = "model name\t: Intel(R) Xeon(R) Processor\nflags\t\t: fpu avx2 avx512f avx512_bf16 amx_bf16 amx_tile\n"
 AVX2 = "model name\t: AMD EPYC 7B13\nflags\t\t: fpu sse avx avx2 fma\n"
 
