@@ -186,18 +186,23 @@ def _cores() -> int:
 
 
 def _time(fn, args, best: float) -> float:
-    """Median seconds of `fn(*args)` after one warm-up call: up to REPEATS calls within BUDGET_S
-    (at least 3), or one when it is already twice as slow as the `best` candidate so far."""
+    """Median seconds of `fn(*args)` after one warm-up call: up to REPEATS calls within BUDGET_S (at
+    least 2), none when the warm-up alone took 3x the `best` candidate so far (a first call is slower,
+    never faster, than the later ones), one when the first timed call took twice the best."""
     import jax
 
+    t = time.perf_counter()
     jax.block_until_ready(fn(*args))
+    warm = time.perf_counter() - t
+    if warm > max(3 * best, 0.005):  # cannot win: do not spend seconds confirming it (tiny ops: no hurry)
+        return warm
     times: list[float] = []
     start = time.perf_counter()
-    while len(times) < REPEATS and (len(times) < 3 or time.perf_counter() - start < BUDGET_S):
+    while len(times) < REPEATS and (len(times) < 2 or time.perf_counter() - start < BUDGET_S):
         t = time.perf_counter()
         jax.block_until_ready(fn(*args))
         times.append(time.perf_counter() - t)
-        if times[0] > 2 * best:  # cannot win: do not spend seconds confirming it
+        if times[0] > 2 * best:
             break
     return statistics.median(times)
 
