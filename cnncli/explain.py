@@ -4,6 +4,8 @@ The score is the predicted class's logit (for a one-unit binary head, the logit 
 side: z for class 1, -z for class 0); its gradient with respect to the input pixels comes from
 `jax.grad`, and the map is max |gradient| over the colour channels (Simonyan et al. 2014).
 The plain model is explained: test-time flipping, if the run uses it, is not part of the score.
+The class and probability printed are `cnn predict`'s (its test-time views and the run's calibration
+temperature, through the same code), so the two commands never disagree on one image.
 """
 
 from __future__ import annotations
@@ -15,8 +17,9 @@ import numpy as np
 from .errors import CnnError
 
 
-def saliency_map(run, x_uint8: np.ndarray) -> tuple[np.ndarray, int, float]:
-    """(saliency (H, W) float32, predicted class index, its probability) for one uint8 HWC image."""
+def saliency_map(run, x_uint8: np.ndarray, cls: int | None = None) -> tuple[np.ndarray, int, float]:
+    """(saliency (H, W) float32, class index, the plain model's uncalibrated probability of it) for one
+    uint8 HWC image; the class is `cls`, else the plain model's prediction."""
     import jax
     import jax.numpy as jnp
     from flax import nnx
@@ -25,17 +28,18 @@ def saliency_map(run, x_uint8: np.ndarray) -> tuple[np.ndarray, int, float]:
 
     graphdef, state = nnx.split(run.model)
 
-    def score(state, u):  # u: pixels in [0, 1], the scale the gradient is taken in
+    def score(state, u, wanted):  # u: pixels in [0, 1], the scale the gradient is taken in; wanted -1: argmax
         z = nnx.merge(graphdef, state)(normalize(u, run.mean, run.std))[0]
         if run.binary_head:  # one logit z for class 1; class 0's logit is -z
-            cls = (z[0] > 0).astype(jnp.int32)
-            return jnp.where(cls == 1, z[0], -z[0]), (cls, jax.nn.sigmoid(jnp.abs(z[0])))
-        cls = jnp.argmax(z)  # piecewise constant: the gradient flows through z[cls] only
-        return z[cls], (cls, jax.nn.softmax(z)[cls])
+            c = jnp.where(wanted >= 0, wanted, (z[0] > 0).astype(jnp.int32))
+            side = jnp.where(c == 1, z[0], -z[0])
+            return side, (c, jax.nn.sigmoid(side))
+        c = jnp.where(wanted >= 0, wanted, jnp.argmax(z))  # piecewise constant: the gradient flows through z[c] only
+        return z[c], (c, jax.nn.softmax(z)[c])
 
     # The weights are an argument, not closed over: constants that big would be folded into the compiled code.
     grad_fn = jax.jit(jax.grad(score, argnums=1, has_aux=True))
-    grad, (cls, prob) = grad_fn(state, to_unit(jnp.asarray(x_uint8)[None]))
+    grad, (cls, prob) = grad_fn(state, to_unit(jnp.asarray(x_uint8)[None]), jnp.int32(-1 if cls is None else cls))
     return np.asarray(jnp.abs(grad[0]).max(-1), np.float32), int(cls), float(prob)
 
 
@@ -61,19 +65,22 @@ def explain(run, image, out: str | None = None, invert: str = "auto") -> dict:
     """Compute and draw the saliency map of `image`; returns {file, class, probability, png, note}."""
     from . import plots
     from .data import decode_image
-    from .predict import prepare
+    from .predict import calibrated, prepare, result
 
     image = Path(image)
     png = output_path(image, run.dir, out)
     prep = prepare(image, run, invert)
-    sal, cls, prob = saliency_map(run, prep.x)
-    name = run.classes[cls]
+    # What `cnn predict` answers for this image (views, temperature, unsure note), then why.
+    said = result(run, image, calibrated(run, run.probabilities(prep.x[None]))[0], prep.notes, top_k=1)
+    name, prob = said["class"], said["probability"]
+    sal, _, _ = saliency_map(run, prep.x, run.classes.index(name))
     # The picture shows the file as the user made it (colours, strokes, size), the map laid back onto it.
     rgb = decode_image(image, None, "RGB")
     shown = _shown(rgb)
     on_file = onto_file(smooth(sal), prep.frame, rgb.shape[:2], shown.shape[:2])
     plots.saliency(shown, on_file, prep.x, png, f"{image.name}: predicted {name} ({prob:.3f})")
-    return {"file": str(image), "class": name, "probability": prob, "png": str(png), "note": ", ".join(prep.notes)}
+    return {"file": str(image), "class": name, "probability": prob, "unsure": said["unsure"], "png": str(png),
+            "note": said["note"]}
 
 
 SHOWN_SIDE = 448  # the file is drawn at most this many pixels a side (a 12 MP photo need not be)

@@ -110,3 +110,23 @@ def test_run_without_validation_split_is_uncalibrated_and_says_so_once(tmp_path_
     code, out, err = run_cnn("predict", tmp_path, "--model", s["run_dir"], "--csv")
     assert code == 0 and err.count("no validation split") == 1 and "unsure" not in out.split("\n", 1)[1]
     assert all(r["unsure"] is None for r in predict_files(run, sorted(tmp_path.glob("*.png"))))
+
+
+def test_explain_prints_the_calibrated_probability_predict_prints(digits, tmp_path, run_cnn):
+    run = load_run(digits["run_dir"])
+    ds, _ = dataset_for(run)
+    raw = run.probabilities(ds.test.x[:20]).max(-1)
+    cal = calibrate.apply(run.probabilities(ds.test.x[:20]), run.calibration["temperature"]).max(-1)
+    i = int(np.argmax(np.abs(cal - raw)))  # the image where calibration moves the probability most
+    assert abs(cal[i] - raw[i]) > 1e-3  # else this test could not tell the two apart
+    img = tmp_path / "d.png"
+    Image.fromarray(ds.test.x[i, ..., 0]).save(img)
+    _, out, _ = run_cnn("predict", img, "--model", digits["run_dir"], "--json")
+    said = json.loads(out)[0]
+    _, out, _ = run_cnn("explain", img, "--model", digits["run_dir"], "--json", "--out", tmp_path / "s.png")
+    shown = json.loads(out)
+    assert (shown["class"], shown["probability"], shown["unsure"]) == (said["class"], said["probability"], said["unsure"])
+    assert shown["probability"] == pytest.approx(float(cal[i]), rel=1e-5)
+    _, table, _ = run_cnn("predict", img, "--model", digits["run_dir"])
+    _, line, _ = run_cnn("explain", img, "--model", digits["run_dir"], "--out", tmp_path / "s.png")
+    assert f"{said['probability']:.4f}" in table.splitlines()[1] and f" {said['probability']:.4f}" in line.splitlines()[0]
