@@ -72,16 +72,18 @@ def task_progress(label: str, total: int | None, unit: str = "images", show_belo
     Yields `advance(n=1)`. On a terminal: a transient Rich bar with count and time left, unless
     `total` is under `show_below` (too quick to be worth a bar). Elsewhere (CI logs, pipes): a plain
     line every PLAIN_EVERY seconds, "label: 1,024/10,000 images, 12 s", so a long job shows it lives
-    and a short one prints nothing.
+    and a short one prints nothing. unit="bytes" counts in MB and shows the transfer speed.
     """
     console = Console(stderr=True, highlight=False, soft_wrap=True)
     if console.is_terminal:
         if total is not None and total < show_below:
             yield lambda n=1: None
             return
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+        from rich.progress import (BarColumn, DownloadColumn, MofNCompleteColumn, Progress, TextColumn,
+                                   TimeRemainingColumn, TransferSpeedColumn)
 
-        columns = ["{task.description}", BarColumn(), MofNCompleteColumn(), TextColumn(unit), TimeRemainingColumn()]
+        counted = [DownloadColumn(), TransferSpeedColumn()] if unit == "bytes" else [MofNCompleteColumn(), TextColumn(unit)]
+        columns = ["{task.description}", BarColumn(), *counted, TimeRemainingColumn()]
         with Progress(*columns, console=console, transient=True) as bar:
             task = bar.add_task(label, total=total)
             yield lambda n=1: bar.advance(task, n)
@@ -95,10 +97,18 @@ def task_progress(label: str, total: int | None, unit: str = "images", show_belo
         now = time.monotonic()
         if now - last >= PLAIN_EVERY:
             last = now
-            of = f"/{total:,}" if total is not None else ""
-            console.print(f"{label}: {done:,}{of} {unit}, {now - start:.0f} s")
+            console.print(f"{label}: {_count(done, total, unit)}, {now - start:.0f} s")
 
     yield advance
+
+
+def _count(done: int, total: int | None, unit: str) -> str:
+    """ "1,024/10,000 images", or "4.2/9.9 MB" for bytes."""
+    if unit == "bytes":
+        of = f"/{total / 1e6:,.1f}" if total is not None else ""
+        return f"{done / 1e6:,.1f}{of} MB"
+    of = f"/{total:,}" if total is not None else ""
+    return f"{done:,}{of} {unit}"
 
 
 def _closed() -> None:

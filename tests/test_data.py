@@ -422,6 +422,38 @@ def test_download_from_local_files_imports_and_reports(tmp_path, data_dir):
     assert [(c["name"], c["rows"]) for c in listing["cache"]] == [("mnist", {"train": 60000, "test": 10000})]
 
 
+def test_download_and_import_progress_is_plain_lines_off_a_terminal(tmp_path, data_dir, run_cnn, monkeypatch):
+    import functools
+    import re
+    import threading
+    from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+    import cnncli.console as console
+
+    monkeypatch.setattr(console, "PLAIN_EVERY", 0.0)  # a line per step, as a long transfer would print
+    code, _, err = run_cnn("download", "mnist", "--from", data_dir / "mnist", "--data-dir", tmp_path / "a")
+    assert code in (0, None) and [ln.rsplit(",", 1)[0] for ln in err.splitlines() if ln.startswith("importing")] == [
+        f"importing mnist: {i}/4 files" for i in range(1, 5)]
+    # The download path on a mirror at 127.0.0.1 (no network): MB per file, our lines, no one else's bar.
+    handler = functools.partial(SimpleHTTPRequestHandler, directory=str(data_dir / "mnist"))
+    handler.log_message = lambda *a: None
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        host = "127.0.0.1:%d" % server.server_address[1]
+        monkeypatch.setenv("CNN_DOWNLOAD_MIRROR", f"http://{host}/")
+        monkeypatch.setenv("CNN_DOWNLOAD_PROBE", host)
+        code, _, err = run_cnn("download", "mnist", "--data-dir", tmp_path / "b")
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert code in (0, None), err
+    assert "\r" not in err and "\x1b" not in err and "it/s" not in err  # tqdm draws with \r and "it/s"
+    lines = [ln for ln in err.splitlines() if ln.startswith("downloading")]
+    assert lines and all(re.fullmatch(r"downloading [\w.-]+\.gz: [\d.,]+/[\d.,]+ MB, \d+ s", ln) for ln in lines)
+    assert "downloading train-images-idx3-ubyte.gz: 9.9/9.9 MB" in {ln.rsplit(",", 1)[0] for ln in lines}
+
+
 def test_help_imports_no_heavy_library():
     code = (
         "import sys; from cnncli.cli import app\n"

@@ -7,9 +7,9 @@ Three ways, tried in this order:
   so nothing broken is imported. After that the data set loads without any option, like a
   downloaded one; a second import of the same files does nothing.
 - files already under `<data_dir>/<name>/` or a TFDS copy: nothing is fetched.
-- online: TFDS's download manager fetches the official files (no TensorFlow needed) and our
-  own readers read them. A socket probe first checks, within seconds, that the download host
-  can be reached: offline, TFDS would retry for minutes before failing.
+- online: the official files are fetched with fetch.py's deadlines and our own readers read
+  them. A socket probe first checks, within seconds, that the download host can be reached.
+Progress is the project's own (console.task_progress): MB downloaded, files imported.
 `<data_dir>` is `--data-dir`, else $CNN_DATA_DIR, else ~/.cache/cnn/data.
 """
 
@@ -129,13 +129,21 @@ def _probe(host: str, port: int) -> str | None:
 
 def import_files(spec: DatasetSpec, src: Path, dest: Path) -> list[Path]:
     """Check `src` and import it into `dest` in the documented layout; returns what was placed."""
+    from ..console import task_progress
+
     if not src.exists():
         raise CnnError(f"--from {src}: no such file or folder")
+    plan = _plan(spec, src.resolve(), dest)
     placed = []
-    for item, target in _plan(spec, src.resolve(), dest):
-        _place(item, target)
-        placed.append(target)
+    with task_progress(f"importing {spec.name}", sum(_file_count(item) for item, _ in plan), "files") as advance:
+        for item, target in plan:
+            _place(item, target, advance)
+            placed.append(target)
     return placed
+
+
+def _file_count(item: Path) -> int:
+    return 1 if item.is_file() else sum(1 for f in item.rglob("*") if f.is_file())
 
 
 def _plan(spec, src: Path, dest: Path) -> list[tuple[Path, Path]]:
@@ -208,22 +216,28 @@ def _cifar_archive_kind(path: Path) -> str:
     raise CnnError(f"--from {path}: no CIFAR-10 batches in this archive")
 
 
-def _place(item: Path, target: Path) -> None:
-    """Put a file or folder at `target` (link, else copy), atomically; identical ones are kept."""
-    if target.exists() and item.resolve() == target.resolve():
+def _place(item: Path, target: Path, advance) -> None:
+    """Put a file or folder at `target` (link, else copy), atomically; identical ones are kept.
+    `advance(n)` is told of each file placed (or found in place)."""
+    if target.exists() and (item.resolve() == target.resolve() or _same_tree(item, target)):
+        advance(_file_count(item))
         return
     if target.exists():
-        if _same_tree(item, target):
-            return
         raise CnnError(f"{target} already exists and differs from {item}; remove it or use another --data-dir")
     target.parent.mkdir(parents=True, exist_ok=True)
     if item.is_file():
         _link_or_copy_file(item, target)
+        advance(1)
         return
     staging = target.parent / f".{target.name}.importing-{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)
+
+    def placed(src, dst):
+        _link_or_copy(src, dst)
+        advance(1)
+
     try:
-        shutil.copytree(item, staging, copy_function=_link_or_copy)
+        shutil.copytree(item, staging, copy_function=placed)
         point("import-staged")
         os.rename(staging, target)  # the whole folder appears at once
     finally:

@@ -3,7 +3,7 @@
 urllib (it honours $HTTPS_PROXY / $HTTP_PROXY as curl does) instead of a library that retries
 for minutes: behind a proxy that accepts connections and never answers, `cnn download` used to
 hang until killed. Each file streams into a temporary file beside its destination, renamed into
-place when complete; any failure removes it.
+place when complete; any failure removes it. Progress is the project's own (console.task_progress).
 
 Deadlines, in seconds: $CNN_DOWNLOAD_DEADLINE (default 1800 for everything `cnn download`
 fetches) and $CNN_DOWNLOAD_STALL (default 30). $CNN_DOWNLOAD_MIRROR replaces the official host
@@ -70,13 +70,16 @@ def fetch_all(urls: list[str], dest: Path, what: str, advice: str) -> list[Path]
 
 def fetch(url: str, target: Path, deadline: float, stall: float) -> None:
     """Stream `url` into `target` atomically; DownloadError past `deadline` (monotonic) or a stall."""
+    from ..console import task_progress
+
     name = Path(target).name
     left = deadline - time.monotonic()
     if left <= 0:
         raise DownloadError(f"{name}: out of time before it started")
     try:
         with urllib.request.urlopen(url, timeout=stall) as r, atomic_path(target) as tmp, \
-                open(tmp, "wb") as f:
+                open(tmp, "wb") as f, \
+                task_progress(f"downloading {name}", _int(r.headers.get("Content-Length")), "bytes") as advance:
             total = r.headers.get("Content-Length")
             got = 0
             while True:
@@ -88,6 +91,7 @@ def fetch(url: str, target: Path, deadline: float, stall: float) -> None:
                     break
                 f.write(block)
                 got += len(block)
+                advance(len(block))
             if total is not None and got != int(total):
                 raise DownloadError(f"{name}: connection closed after {got:,} of {int(total):,} bytes")
     except DownloadError:
@@ -106,3 +110,7 @@ def fetch(url: str, target: Path, deadline: float, stall: float) -> None:
         if isinstance(e, OSError) and e.filename:  # the disk, not the network: guard.py's one line
             raise
         raise DownloadError(f"{name}: {getattr(e, 'strerror', None) or e}") from None
+
+
+def _int(header: str | None) -> int | None:
+    return int(header) if header and header.isdigit() else None

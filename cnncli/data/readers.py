@@ -235,6 +235,7 @@ def open_tfds(name: str, tfds_dir: Path) -> dict | None:
     try:
         import tensorflow_datasets as tfds
 
+        tfds.disable_progress_bar()  # its tqdm bar is not ours: progress is console.task_progress's
         skip = {"image": tfds.decode.SkipDecoding()}
         return dict(tfds.data_source(name, data_dir=str(tfds_dir), download=False, decoders=skip))
     except Exception:  # noqa: BLE001 - documented: TFDS errors are caught, this source is skipped
