@@ -4,7 +4,9 @@ Every line of a ```-block that starts with `$ cnn ` is run, in the README's orde
 folder (so `cnn evaluate` finds the run `cnn train` made before it), through the real entry point
 in-process (JAX stays warm). A command must exit 0, or N when its block shows `exit N` after it.
 The substitutions that keep the whole README under a minute:
-- `--epochs N` becomes `--epochs 1`, and `cnn bench` times `--repeats 1 --steps 2 --warmup 0`;
+- `--epochs N` becomes `--epochs 1`, the commands that train (train, compare, compare-pooling) take
+  `--limit 300` digits (compilation, evaluation and the figures are the same; an epoch is 5x shorter),
+  and `cnn bench` times `--repeats 1 --steps 2 --warmup 0`;
 - `--vs PEERS` is dropped (the peers are the optional `.[bench]` extra, not installed by the tests);
 - paths under `examples/` are the repository's.
 Printed output is not compared (it holds times); test_recipes.py compares the `cnn recipes` block.
@@ -17,6 +19,7 @@ import pytest
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 REPO = README.parent
+LIMIT = 300  # training images per run: enough for every command's output (errors, calibration, a winner)
 
 
 def examples() -> list[tuple[list[str], int]]:
@@ -46,6 +49,8 @@ def small(args: list[str]) -> list[str]:
             out.append(a)
     if out[:1] == ["bench"]:
         out += ["--repeats", "1", "--steps", "2", "--warmup", "0"]
+    if out[:1] in (["train"], ["compare"], ["compare-pooling"]) and "--limit" not in out:
+        out += ["--limit", str(LIMIT)]
     return out
 
 
@@ -65,7 +70,9 @@ def test_readme_examples_run(run_cnn, tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("args, expected", [
-    (["train", "--epochs", "16", "--dataset", "digits"], ["train", "--epochs", "1", "--dataset", "digits"]),
+    (["train", "--epochs", "16", "--dataset", "digits"], ["train", "--epochs", "1", "--dataset", "digits", "--limit",
+                                                          "300"]),
+    (["compare", "--limit", "50"], ["compare", "--limit", "50"]),
     (["bench", "--vs", "torch,keras", "--arch", "net2"], ["bench", "--arch", "net2", "--repeats", "1", "--steps",
                                                           "2", "--warmup", "0"]),
 ])
