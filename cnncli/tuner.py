@@ -159,26 +159,37 @@ def _enabled() -> bool:
 
 
 def _compile_all(candidates: dict, args) -> dict:
-    """name -> compiled executable (or the exception it raised), compiled side by side.
+    """name -> compiled executable (or the exception it raised); XLA's compiles run side by side.
 
-    Compiling is most of what measuring costs (9 of net1's 15 s, one XLA compile per candidate);
-    XLA compiles without the GIL, so a thread per core overlaps them. Timing stays sequential."""
+    Compiling is most of what measuring costs (9 of net1's 15 s, one XLA compile per candidate),
+    and XLA compiles without the GIL, so a thread per core overlaps them. Lowering (tracing) stays
+    in this thread, one candidate after the other: a candidate that contains tuned layers (a whole
+    step, an inference slice size) measures those while it is traced, and measurements must never
+    run side by side. Timing stays sequential too."""
     import concurrent.futures
 
     import jax
 
-    def compile_one(fn):
+    lowered: dict = {}
+    for name, fn in candidates.items():
         try:
-            return jax.jit(fn).lower(*args).compile()
+            lowered[name] = jax.jit(fn).lower(*args)
         except Exception as e:  # noqa: BLE001 - reported per candidate, see `choose`
+            lowered[name] = e
+
+    def compile_one(low):
+        if isinstance(low, Exception):
+            return low
+        try:
+            return low.compile()
+        except Exception as e:  # noqa: BLE001
             return e
 
-    workers = min(len(candidates), _cores())
+    workers = min(len(lowered), _cores())
     if workers <= 1:
-        return {name: compile_one(fn) for name, fn in candidates.items()}
+        return {name: compile_one(low) for name, low in lowered.items()}
     with concurrent.futures.ThreadPoolExecutor(workers) as pool:
-        futures = {name: pool.submit(compile_one, fn) for name, fn in candidates.items()}
-        return {name: f.result() for name, f in futures.items()}
+        return dict(zip(lowered, pool.map(compile_one, lowered.values())))
 
 
 def _cores() -> int:

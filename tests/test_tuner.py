@@ -3,6 +3,7 @@ never fatal. The candidates differ in work by a factor of ~500 so that which one
 depend on the machine's load."""
 
 import json
+import threading
 
 import jax
 import jax.numpy as jnp
@@ -113,6 +114,24 @@ def test_candidates_are_compiled_side_by_side_and_a_failing_one_is_dropped(tunin
     boom = lambda x: x.reshape(7, -1)  # noqa: E731 - 4096 values: fails while lowering
     assert tuner.choose("op", (7,), {"xla": _slow, "bad": boom, "fast": lambda x: x + 1}, INPUTS) == "fast"
     assert set(tuner.choices()["op(7,)"]["ms"]) == {"xla", "fast"}
+
+
+def test_candidates_that_measure_their_own_layers_do_so_one_after_the_other(tuning, monkeypatch):
+    """A whole step or an inference slice is a candidate whose layers are measured while it is
+    traced: that tracing must stay in this thread, or two measurements would share the cores."""
+    monkeypatch.setattr(tuner, "_cores", lambda: 2)
+    threads = []
+
+    def outer(tag):
+        def step(x):
+            threads.append(threading.current_thread())
+            tuner.choose("inner", (tag,), CANDS, INPUTS)
+            return x + 1
+        return step
+
+    tuner.choose("outer", (1,), {"xla": outer("a"), "b": outer("b")}, INPUTS)
+    assert threads and set(threads) == {threading.main_thread()}
+    assert {"inner('a',)", "inner('b',)"} <= {k for k, _, _ in tuner.measured()}
 
 
 AMX = "model name\t: Intel(R) Xeon(R) Processor\nflags\t\t: fpu avx2 avx512f avx512_bf16 amx_bf16 amx_tile\n"
