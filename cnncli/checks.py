@@ -14,8 +14,6 @@ from typing import Callable, Iterable
 
 from .errors import CnnError
 
-SEED_MAX = 2**32 - 1  # scikit-learn's random_state and NumPy's legacy seeds take 32 bits
-
 
 def _num(v) -> str:
     return f"{v:g}" if isinstance(v, float) else str(v)
@@ -70,6 +68,19 @@ class Range(Rule):
             return (f"must be {self.describe()}, not {_num(value)}" + (f" ({self.why})" if self.why else "")
                     + (f" (did you mean {guess}?)" if guess else ""))
         return None
+
+
+@dataclass(frozen=True)
+class Integer(Rule):
+    """Any whole number, of any sign and size (a seed: `config.seed_value` maps it to what the engine takes)."""
+
+    def describe(self) -> str:
+        return "any integer"
+
+    def problem(self, value) -> str | None:
+        # A config.json may hold 1.5, "3" or true where the command line only lets integers through.
+        ok = isinstance(value, int) and not isinstance(value, bool)
+        return None if ok else f"must be an integer, not {value!r}"
 
 
 @dataclass(frozen=True)
@@ -138,7 +149,7 @@ NON_NEGATIVE = Range(0)
 AT_LEAST_1 = Range(1)
 FRACTION = Range(0, 1, hint=_percent)  # accuracy, shares: 0.95, not 95
 FRACTION_BELOW_1 = Range(0, 1, hi_open=True, hint=_percent)
-SEED = Range(0, SEED_MAX)
+SEED = Integer()  # -1 and 2**70 alike: users type whatever seed they like
 
 
 def choice(values: Iterable[str], **kw) -> Choice:

@@ -66,7 +66,7 @@ def option(*decls: str, help: str, rule: Rule | None = None, metavar: str | None
         kw["autocompletion"] = _completer(rule.values)
     elif isinstance(rule, checks.ChoiceList):
         help = f"{help} A comma list of: {', '.join(rule.values)}."
-    elif isinstance(rule, checks.Range):
+    elif isinstance(rule, (checks.Range, checks.Integer)):
         help = f"{help} Must be {rule.describe()}."
     if rule is not None:
         kw["callback"] = _callback(rule)

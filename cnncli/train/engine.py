@@ -427,7 +427,7 @@ def _auto_precision(cfg, gtrain, params, rest, binary, mean, std, bs, shape, num
     tx = make_optimizer(cfg, 1, None, None)
     augment_ops = tuple(augment_list(cfg.augment))
     steps = {p: make_train_step(gtrain, tx, binary=binary, mean=mean, std=std, augment_ops=augment_ops,
-                                precision=p, seed=cfg.seed, jit=False) for p in ("fp32", "bf16")}
+                                precision=p, seed=seed_value(cfg.seed), jit=False) for p in ("fp32", "bf16")}
 
     def inputs():
         rng = np.random.default_rng(0)
@@ -449,7 +449,7 @@ def _epochs_within_budget(cfg: TrainConfig, train_step, state, feeder, bs: int, 
     if steps_per_epoch < 3 + 2 * BUDGET_GROUPS:  # a few images: nothing worth budgeting
         return cfg.epochs, 0.0, f"time budget {cfg.time_budget:g} min: epochs too short to time, running {cfg.epochs}"
     carry = {"state": state, "metrics": jax.device_put(zero_metrics(), NamedSharding(feeder.mesh, P())), "i": 0}
-    batches = feeder.epoch(_order(cfg.seed, 1, len(feeder.y)), bs)
+    batches = feeder.epoch(_order(seed_value(cfg.seed), 1, len(feeder.y)), bs)
 
     def run():
         carry["state"], carry["metrics"] = train_step(carry["state"], carry["metrics"], *next(batches),

@@ -2,8 +2,6 @@
 
 import json
 
-import pytest
-
 from cnncli.data import load_dataset
 from cnncli.train.config import SEED_SPAN, seed_value
 
@@ -19,17 +17,30 @@ def test_resume_refuses_options_it_would_not_honour(run_cnn, tmp_path):
     one_line(err, 2, rc, "--lr", "--arch", "only --epochs may change")
 
 
-@pytest.mark.parametrize("seed", [2**32 - 1])  # the top of --seed's range: beyond what JAX keys add offsets to
-def test_a_large_seed_trains(run_cnn, tmp_path, seed):
-    rc, _, err = run_cnn(*DIGITS, "--seed", seed, "--out", tmp_path, "--name", "r")
-    assert rc == 0 and "Traceback" not in err, err
-    assert json.loads((tmp_path / "r" / "config.json").read_text())["seed"] == seed  # as typed
+def _first_loss(run) -> str:
+    return (run / "history.csv").read_text().splitlines()[1].split(",")[1]  # epoch 1's train loss, as recorded
+
+
+def test_any_integer_seed_trains_and_reruns_alike(run_cnn, tmp_path):
+    """-1 and 2**70 train (the CLI used to refuse both); a rerun from config.json repeats the huge seed's
+    first epoch to the digit, another seed does not, and a resume continues the run it recorded."""
+    tiny = (*DIGITS, "--limit", "300", "--out", tmp_path)
+    for name, seed in (("neg", -1), ("huge", 2**70)):
+        rc, _, err = run_cnn(*tiny, "--seed", seed, "--name", name)
+        assert rc == 0 and "Traceback" not in err, err
+        assert json.loads((tmp_path / name / "config.json").read_text())["seed"] == seed  # as typed
+    rc, _, err = run_cnn("train", "--config", tmp_path / "huge" / "config.json", "--name", "again")
+    assert rc == 0, err
+    assert _first_loss(tmp_path / "again") == _first_loss(tmp_path / "huge") != _first_loss(tmp_path / "neg")
+    rc, _, err = run_cnn("train", "--resume", tmp_path / "neg", "--epochs", "2")
+    history = (tmp_path / "neg" / "history.csv").read_text().splitlines()
+    assert rc == 0 and len(history) == 3 and json.loads((tmp_path / "neg" / "config.json").read_text())["seed"] == -1
 
 
 def test_seed_values_keep_every_recorded_seed_and_spread_the_others():
     assert [seed_value(s) for s in (0, 1, 12345, SEED_SPAN - 1)] == [0, 1, 12345, SEED_SPAN - 1]
-    other = [seed_value(s) for s in (-1, -2, SEED_SPAN, 2**70, -(2**70))]
-    assert len(set(other)) == 5 and all(0 <= s < SEED_SPAN for s in other)
+    other = [seed_value(s) for s in (-1, -2, SEED_SPAN, 2**32 - 1, 2**70, -(2**70))]  # -1 is not 2**32-1 wrapped
+    assert len(set(other)) == 6 and all(0 <= s < SEED_SPAN for s in other)
 
 
 def test_a_data_dir_that_does_not_exist_is_refused_not_replaced_by_the_cache(run_cnn, data_dir, tmp_path):
