@@ -23,7 +23,7 @@ from .errors import CnnError
 from .fsutil import write_json, write_text
 from .tables import csv_text
 from .train import read_config, read_history, resolve
-from .train.config import seed_value
+from .train.config import options_by_name, seed_value
 
 # --vary key -> TrainConfig field. Values are comma separated; `augment` joins its ops with "+".
 VARY_KEYS = {
@@ -94,20 +94,15 @@ def parse_vary(specs: list[str]) -> list[tuple[str, list]]:
 
 def _parse_value(key: str, text: str):
     """One --vary value as the type its option takes, range-checked."""
-    if key in ("lr", "dropout"):
+    if key in ("lr", "dropout", "batch-size", "epochs"):
+        whole = key in ("batch-size", "epochs")
         try:
-            v = float(text)
+            v = int(text) if whole else float(text)
         except ValueError:
-            raise CnnError(f"--vary {key}: {text!r} is not a number") from None
-        if key == "lr" and not v > 0:
-            raise CnnError(f"--vary lr: {text} must be greater than 0")
-        if key == "dropout" and not 0.0 <= v < 1.0:
-            raise CnnError(f"--vary dropout: {text} must be in [0, 1)")
+            raise CnnError(f"--vary {key}: {text!r} is not a {'whole number' if whole else 'number'}") from None
+        # The range `cnn train` checks the option against: one definition (checks.py) for both.
+        options_by_name()[VARY_KEYS[key]].metadata["rule"].check(f"--vary {key}", v)
         return v
-    if key in ("batch-size", "epochs"):
-        if not text.isdigit() or int(text) < 1:
-            raise CnnError(f"--vary {key}: {text!r} is not a whole number of at least 1")
-        return int(text)
     if key == "augment":
         return text.replace("+", ",")  # "flip+crop" is one value: the list separator is taken by --vary
     return text
