@@ -142,6 +142,8 @@ def _percent(value: float) -> str | None:
 # A list whose natural home (predict.py) imports NumPy: the CLI needs it at import, and `cnn --help`
 # must not pay ~0.2 s for NumPy.
 INVERT_CHOICES = ("auto", "yes", "no")  # digit photos: turn dark-on-light into light-on-dark?
+EXPORT_FORMATS = ("onnx", "stablehlo", "savedmodel", "tflite")  # export.FORMATS' keys, in its order
+EXPORT_PRECISIONS = ("fp32", "bf16")  # what an exported graph computes in (export.py)
 
 # The rules several options share.
 POSITIVE = Range(0, lo_open=True)

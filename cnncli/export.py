@@ -32,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .checks import EXPORT_PRECISIONS, choice
 from .errors import CnnError
 from .fsutil import atomic_path, write_json
 
@@ -39,7 +40,7 @@ FORMAT_VERSION = 1
 META_KEY = "cnn"  # the ONNX metadata_props key holding the JSON document
 INPUT, OUTPUT = "images", "probabilities"
 EXTRA_HINT = "pip install -e '.[export]'"
-PRECISIONS = ("fp32", "bf16")
+PRECISIONS = EXPORT_PRECISIONS
 TOLERANCE = 1e-4  # the largest difference from the run's probabilities `check` accepts
 PROBE = 3  # images in the check's batch: not the traced size, so the dynamic batch is exercised too
 
@@ -64,13 +65,12 @@ def export(run_dir, fmt: str, out=None, checkpoint: str = "best", precision: str
     """Write the run in `run_dir` as `fmt`, check it in its runtime; {file, metadata, format, max_abs_diff}."""
     from .evaluate import _checkpoint_used
     from .train import load_run
+    from .train.rundir import CHECKPOINTS
 
-    if fmt not in FORMATS:
-        raise CnnError(f"--format must be one of {', '.join(FORMATS)}, not {fmt!r}")
-    if checkpoint not in ("best", "last"):
-        raise CnnError(f"--checkpoint must be best or last, not {checkpoint!r}")
-    if precision not in PRECISIONS:
-        raise CnnError(f"--precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
+    # The rules `cnn export` checks its options with, for callers of the library too.
+    choice(FORMATS).check("--format", fmt)
+    choice(CHECKPOINTS).check("--checkpoint", checkpoint)
+    choice(PRECISIONS).check("--precision", precision)
     if precision == "bf16" and not FORMATS[fmt].bf16:
         able = ", ".join(f for f, spec in FORMATS.items() if spec.bf16)
         raise CnnError(f"{fmt}'s CPU runtime has no bfloat16 convolutions: export fp32 (the default), or bf16 as {able}")

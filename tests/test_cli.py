@@ -17,8 +17,8 @@ from cnncli import __version__
 from cnncli.cli import app
 from cnncli.fsutil import write_text
 
-COMMANDS = ["download", "datasets", "summary", "train", "evaluate", "predict", "explain", "compare-pooling",
-            "compare", "bench", "recipes"]
+COMMANDS = ["download", "datasets", "summary", "train", "evaluate", "predict", "explain", "export", "serve",
+            "compare-pooling", "compare", "bench", "recipes"]
 
 
 def help_text(*args) -> str:
@@ -62,9 +62,10 @@ def test_help_lists_choices_and_real_defaults_as_written():
     assert "[required]" in help_text("download") and "mnist, cifar10, cats_vs_dogs, digits" in help_text("download")
 
 
-# Each a value users typed; each refused in one line naming the option, exit 2, before any work.
+# Each a value users typed (#33 lists most); each refused in one line naming the option, exit 2, before
+# any work. The folder holds a file `f` and a run `run` (its config.json) for the options that name one.
 REJECTED = [
-    (["train", "--lr", "-1"], "--lr must be > 0, not -1"),
+    (["train", "--lr", "-0.001"], "--lr must be > 0, not -0.001"),
     (["train", "--lr", "0"], "--lr must be > 0, not 0"),
     (["train", "--lr", "nan"], "--lr must be a finite number > 0, not nan"),
     (["train", "--epochs", "0"], "--epochs must be >= 1, not 0"),
@@ -83,7 +84,13 @@ REJECTED = [
     (["train", "--precision", "fp16"], "--precision must be one of fp32, bf16, auto, not 'fp16'"),
     (["train", "--dataset", "mnis"], "--dataset must be one of mnist, cifar10, cats_vs_dogs, digits or an image "
                                      "folder, not 'mnis'"),
-    (["train", "--data-dir", "/nonexistent"], "--data-dir must be an existing folder, not '/nonexistent'"),
+    (["train", "--dataset", "mnist", "--data-dir", "/nonexistent"],
+     "--data-dir must be an existing folder, not '/nonexistent'"),  # not silently the cache's copy
+    (["train", "--resume", "run", "--lr", "0.5", "--arch", "net2"],
+     "--resume continues run with its recorded options; only --epochs may change (drop --arch, --lr)"),
+    (["train", "--name", "a/b/c"], "--name must be a single folder name (no '/', no '..'), not 'a/b/c'"),
+    (["train", "--name", "../../escaped"], "--name must be a single folder name (no '/', no '..'), not "),
+    (["train", "--name", ".."], "--name must be a single folder name (no '/', no '..'), not '..'"),
     (["train", "--recipe", "mnist-slow"], "--recipe must be one of mnist-fast, "),
     (["evaluate", "--min-accuracy", "95"], "--min-accuracy must be in [0, 1], not 95 (did you mean 0.95?)"),
     (["evaluate", "--checkpoint", "first"], "--checkpoint must be one of best, last, not 'first'"),
@@ -92,6 +99,17 @@ REJECTED = [
     (["bench", "--batch-size", "0"], "--batch-size must be >= 1, not 0"),
     (["bench", "--modes", "train,eval"], "--modes must be a comma list of train, infer, not 'train,eval'"),
     (["compare", "--dataset", "digits", "--vary", "lr=1,2", "--repeats", "0"], "--repeats must be >= 1, not 0"),
+    (["compare", "--dataset", "digits", "--arch", "net2", "--vary", "lr=-0.001,0.1"],
+     "--vary lr must be > 0, not -0.001"),  # the rule `train --lr` has
+    (["compare", "--dataset", "digits", "--arch", "net2", "--vary", "lr=0.1,0.2", "--batch-size", "0"],
+     "--batch-size must be >= 1, not 0"),
+    (["compare-pooling", "--epochs", "0"], "--epochs must be >= 1, not 0"),
+    (["export", "run", "--format", "pdf"], "--format must be one of onnx, stablehlo, savedmodel, tflite, not 'pdf'"),
+    (["export", "run", "--checkpoint", "first"], "--checkpoint must be one of best, last, not 'first'"),
+    (["export", "run", "--precision", "fp16"], "--precision must be one of fp32, bf16, not 'fp16'"),
+    (["serve", "run", "--port", "0"], "--port must be in [1, 65535], not 0"),
+    (["serve", "run", "--max-batch", "0"], "--max-batch must be in [1, 1024], not 0"),
+    (["serve", "run", "--checkpoint", "first"], "--checkpoint must be one of best, last, not 'first'"),
     (["compare-pooling", "--datasets", "digits,nope"], "--datasets must be a comma list of mnist, "),
     (["summary", "--arch", "net1", "--input-shape", "8,8,1", "--classes", "1"], "--classes must be >= 2, not 1"),
     (["download", "imagenet"], "NAME must be one of mnist, cifar10, cats_vs_dogs, digits, not 'imagenet'"),
@@ -103,10 +121,14 @@ REJECTED = [
 
 @pytest.mark.parametrize("args, message", REJECTED, ids=[" ".join(a) for a, _ in REJECTED])
 def test_bad_values_are_one_usage_line(args, message, run_cnn, tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)  # nothing may be written: the folder stays empty
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "f").write_text("x")
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "config.json").write_text(json.dumps({"arch": "net2", "dataset": "digits"}))
+    before = sorted(tmp_path.rglob("*"))
     code, out, err = run_cnn(*args)
     assert (code, out) == (2, "") and err.startswith("error: " + message) and err.count("\n") == 1, err
-    assert not any(tmp_path.iterdir())
+    assert sorted(tmp_path.rglob("*")) == before and not (tmp_path.parent / "escaped").exists()  # nothing written
 
 
 def test_any_integer_is_a_seed_kept_as_typed(run_cnn, tmp_path):
@@ -119,6 +141,13 @@ def test_any_integer_is_a_seed_kept_as_typed(run_cnn, tmp_path):
     (tmp_path / "c.json").write_text(json.dumps({"arch": "net2", "seed": 1.5}))
     code, _, err = run_cnn("train", "--config", tmp_path / "c.json", "--print-config")
     assert code == 2 and err == "error: --seed must be an integer, not 1.5\n"
+
+
+def test_the_cli_lists_what_the_library_takes():
+    from cnncli.checks import EXPORT_FORMATS
+    from cnncli.export import FORMATS
+
+    assert tuple(FORMATS) == EXPORT_FORMATS  # listed in checks.py: the CLI may not import NumPy
 
 
 def test_version_everywhere(run_cnn):
@@ -184,15 +213,6 @@ def test_rerun_from_config_gives_the_same_first_epoch(run_cnn, tmp_path):
     assert again["run_dir"] == str(tmp_path / "net2-digits-2")
     history = [(tmp_path / d / "history.csv").read_text().splitlines()[1].split(",") for d in ("net2-digits", "net2-digits-2")]
     assert history[0][1] == history[1][1]  # the first epoch's train loss, to the digit recorded
-
-
-def test_resume_refuses_options_it_would_ignore(run_cnn, tmp_path):
-    run = tmp_path / "r"
-    run.mkdir()
-    (run / "config.json").write_text(json.dumps({"arch": "net2", "dataset": "digits"}))
-    code, _, err = run_cnn("train", "--resume", run, "--lr", "0.5", "--arch", "net1")
-    assert code == 2 and err == (f"error: --resume continues {run} with its recorded options; only --epochs may "
-                                 "change (drop --arch, --lr)\n")
 
 
 def test_config_with_an_unknown_or_bad_value_is_one_line(run_cnn, tmp_path):

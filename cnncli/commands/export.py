@@ -5,22 +5,22 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Optional
 
-import typer
+from ..checks import EXPORT_FORMATS, EXPORT_PRECISIONS, Range, choice
+from ..train.rundir import CHECKPOINTS
+from .options import Json, argument, option
 
-from .options import Json
-
-Opt = typer.Option
-RunArg = Annotated[Optional[Path], typer.Argument(help="Run directory (default: the newest under runs/train).")]
-Checkpoint = Annotated[str, Opt("--checkpoint", help="best or last.")]
+RunArg = Annotated[Optional[Path], argument("Run directory (default: the newest under runs/train).", metavar="RUN_DIR")]
+Checkpoint = Annotated[str, option("--checkpoint", help="Which weights.", rule=choice(CHECKPOINTS))]
 
 
 def export(
     run: RunArg = None,
-    fmt: Annotated[str, Opt("--format", help="onnx, stablehlo, savedmodel or tflite.")] = "onnx",
-    out: Annotated[Optional[Path], Opt("--out", help="File (a directory for savedmodel) to write "
-                                       "(default <run>/export/<checkpoint>.<format>).")] = None,
+    fmt: Annotated[str, option("--format", help="What to write.", rule=choice(EXPORT_FORMATS))] = "onnx",
+    out: Annotated[Optional[Path], option("--out", help="File (a directory for savedmodel) to write.", metavar="PATH",
+                                          unset="<run>/export/<checkpoint>.<format>")] = None,
     checkpoint: Checkpoint = "best",
-    precision: Annotated[str, Opt("--precision", help="fp32, or bf16 (stablehlo, savedmodel).")] = "fp32",
+    precision: Annotated[str, option("--precision", help="What the graph computes in (bf16: stablehlo, savedmodel).",
+                                     rule=choice(EXPORT_PRECISIONS))] = "fp32",
     json: Json = False,
 ):
     """Write the model as ONNX, StableHLO, SavedModel or TFLite, with its preprocessing, and check it."""
@@ -40,25 +40,24 @@ def export(
 
 
 def serve(
-    run: Annotated[Optional[Path], typer.Argument(
-        help="Run directory, or an export from `cnn export` (default: the newest run).")] = None,
-    host: Annotated[str, Opt("--host", help="Interface to listen on; 0.0.0.0 for all.")] = "127.0.0.1",
-    port: Annotated[int, Opt("--port", min=1, max=65535, help="TCP port.")] = 8000,
-    max_batch: Annotated[int, Opt("--max-batch", min=1, max=1024,
-                                  help="Images of concurrent requests run as one call, at most.")] = 32,
-    max_wait_ms: Annotated[float, Opt("--max-wait-ms", min=0, max=1000,
-                                      help="How long a request waits for others to join its batch.")] = 5.0,
-    max_upload_mb: Annotated[float, Opt("--max-upload-mb", min=0.001, help="Largest request body accepted.")] = 20.0,
+    run: Annotated[Optional[Path], argument("Run directory, or an export from `cnn export` (default: the newest run).",
+                                            metavar="RUN_DIR|EXPORT")] = None,
+    host: Annotated[str, option("--host", help="Interface to listen on; 0.0.0.0 for all.", metavar="ADDRESS")
+                     ] = "127.0.0.1",
+    port: Annotated[int, option("--port", help="TCP port.", rule=Range(1, 65535), metavar="PORT")] = 8000,
+    max_batch: Annotated[int, option("--max-batch", rule=Range(1, 1024), metavar="N",
+                                     help="Images of concurrent requests run as one call, at most.")] = 32,
+    max_wait_ms: Annotated[float, option("--max-wait-ms", rule=Range(0, 1000), metavar="MS",
+                                         help="How long a request waits for others to join its batch.")] = 5.0,
+    max_upload_mb: Annotated[float, option("--max-upload-mb", rule=Range(0, lo_open=True), metavar="MB",
+                                           help="Largest request body accepted.")] = 20.0,
     checkpoint: Checkpoint = "best",
 ):
     """Serve the model over HTTP: POST /predict, POST /explain, GET /health, GET /model, and a page at /."""
-    from ..errors import CnnError
     from ..export import load_model
     from ..serve import require, serve as serve_model
 
     require()
-    if checkpoint not in ("best", "last"):
-        raise CnnError(f"--checkpoint must be best or last, not {checkpoint!r}")
     model = load_model(run, checkpoint)
     serve_model(model, host=host, port=port, checkpoint=checkpoint, max_batch=max_batch, max_wait_ms=max_wait_ms,
                 max_upload_mb=max_upload_mb, say=lambda line: print(line, flush=True))
