@@ -88,6 +88,7 @@ REJECTED = [
      "--data-dir must be an existing folder, not '/nonexistent'"),  # not silently the cache's copy
     (["train", "--resume", "run", "--lr", "0.5", "--arch", "net2"],
      "--resume continues run with its recorded options; only --epochs may change (drop --arch, --lr)"),
+    (["train", "--out", "f"], "--out f is a file; --out names the folder that holds run directories"),
     (["train", "--name", "a/b/c"], "--name must be a single folder name (no '/', no '..'), not 'a/b/c'"),
     (["train", "--name", "../../escaped"], "--name must be a single folder name (no '/', no '..'), not "),
     (["train", "--name", ".."], "--name must be a single folder name (no '/', no '..'), not '..'"),

@@ -134,9 +134,10 @@ class TrainConfig:
         scale_list(self.tta_scales)  # raises on a bad list
         if self.freeze and not self.init_from:
             raise CnnError("--freeze features needs --init-from RUN_DIR")
-        if self.name is not None:
-            from .rundir import check_name
+        from .rundir import check_name, check_out
 
+        check_out(self.out)
+        if self.name is not None:
             check_name(self.name)
 
     def to_dict(self) -> dict:

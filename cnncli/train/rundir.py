@@ -30,12 +30,17 @@ def check_name(name: str) -> None:
         raise CnnError(f"--name must be a single folder name (no '/', no '..'), not {name!r}")
 
 
+def check_out(out: str) -> None:
+    """--out holds run directories: a file there is a mistake to say before any work, not after."""
+    if Path(out).exists() and not Path(out).is_dir():
+        raise CnnError(f"--out {out} is a file; --out names the folder that holds run directories")
+
+
 def new_run_dir(out: str, name: str) -> Path:
     """`out/name`, or `out/name-2`, `-3`, ... if taken (Ultralytics' auto-numbering)."""
     check_name(name)
+    check_out(out)
     base = Path(out)
-    if base.exists() and not base.is_dir():
-        raise CnnError(f"--out {base} is a file; --out names the folder that holds run directories")
     base.mkdir(parents=True, exist_ok=True)
     for i in range(1, 10_000):
         d = base / (name if i == 1 else f"{name}-{i}")
