@@ -8,8 +8,9 @@ Routes: POST /predict (one image as the raw body, or several as multipart form f
 /explain (the saliency picture of `cnn explain`, PNG), GET /health, GET /model (the run's summary,
 `export.metadata`), GET / (a page to drop photos on; everything it loads is served from here).
 
-Images are decoded and prepared exactly as `cnn predict` prepares files (`predict.prepare`), in
-FastAPI's thread pool. Concurrent requests meet in the `Batcher`: one worker thread runs whatever
+Images are decoded and prepared exactly as `cnn predict` prepares files (`predict.prepare`): a
+thumbnail on the event loop, a photo in the thread pool. POST /predict bypasses FastAPI's request
+machinery (see `service`); the other routes are plain FastAPI. Concurrent requests meet in the `Batcher`: one worker thread runs whatever
 has arrived within `max_wait_ms` (up to `max_batch` images) as one jitted call, its batch padded
 to a power of two so that only a few shapes ever compile. A bad input costs its own request only:
 a 4xx with the line `cnn predict` prints for that file; nothing reaches a client as a traceback.
@@ -18,6 +19,8 @@ a 4xx with the line `cnn predict` prints for that file; nothing reaches a client
 # No `from __future__ import annotations`: FastAPI reads the routes' annotations (Request) at run time.
 
 import asyncio
+import contextlib
+import io
 import signal
 import sys
 import tempfile
@@ -32,20 +35,31 @@ from .errors import CnnError
 PAGE = Path(__file__).with_name("static") / "index.html"
 DEFAULT_HOST, DEFAULT_PORT = "127.0.0.1", 8000
 MAX_FILES = 64  # form files per request: more is a client bug, not a use
+QUICK_BYTES, QUICK_PIXELS = 64 * 1024, 256 * 256  # an image this small is decoded on the event loop
 
 
 class Batcher:
-    """Collects the images of concurrent requests and runs them as one call on one worker thread."""
+    """Collects the images of concurrent requests and runs them as one call on one worker thread.
+
+    A call starts as soon as the worker is free and nothing more is on its way: `max_batch` images
+    are waiting, or every request the server has begun (`arriving`) has queued its images and the
+    event loop has had a turn to read more, or `max_wait_ms` have passed since the first one. Waiting
+    the full time whenever fewer than `max_batch` clients are connected would cap throughput at a
+    batch per `max_wait_ms`; images that arrive while a call runs form the next one.
+    """
 
     def __init__(self, model, max_batch: int = 32, max_wait_ms: float = 5.0):
         self.model, self.max_batch, self.max_wait = model, max_batch, max_wait_ms / 1000
         self.pool = ThreadPoolExecutor(1, thread_name_prefix="cnn-batch")  # one call at a time: JAX uses the cores
-        self.queue: asyncio.Queue | None = None
+        self.pending: list = []  # (images, future) in arrival order
+        self.waiting = 0  # images in `pending`
+        self.arriving = 0  # requests begun (`expect`) that have not queued their images yet
+        self.wake: asyncio.Event | None = None
         self.task = None
         self.batches = self.images = 0  # for /health: how well requests are being batched
 
     async def start(self, warm: bool = False) -> None:
-        self.queue = asyncio.Queue()
+        self.wake = asyncio.Event()
         if warm:  # compile every batch shape before the first request, not during it
             await asyncio.get_running_loop().run_in_executor(self.pool, self._warm)
         self.task = asyncio.create_task(self._work())
@@ -56,25 +70,43 @@ class Batcher:
             await asyncio.gather(self.task, return_exceptions=True)
         self.pool.shutdown(wait=True)
 
-    async def probabilities(self, x: np.ndarray) -> np.ndarray:
-        """Class probabilities of the uint8 batch `x`, computed together with other requests' images."""
+    @contextlib.contextmanager
+    def expect(self):
+        """Around a request's reading and decoding: the next call waits for its images (or its error)."""
+        self.arriving += 1
+        try:
+            yield
+        finally:
+            self.arriving -= 1
+
+    def submit(self, x: np.ndarray) -> asyncio.Future:
+        """The future class probabilities of the uint8 batch `x`, computed with other requests' images."""
         future = asyncio.get_running_loop().create_future()
-        await self.queue.put((x, future))
-        return await future
+        self.pending.append((x, future))
+        self.waiting += len(x)
+        self.wake.set()
+        return future
+
+    async def probabilities(self, x: np.ndarray) -> np.ndarray:
+        return await self.submit(x)
 
     async def _work(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            items = [await self.queue.get()]
-            n = len(items[0][0])
+            await self.wake.wait()
             deadline = loop.time() + self.max_wait
-            while n < self.max_batch:
-                try:
-                    item = await asyncio.wait_for(self.queue.get(), max(0.0, deadline - loop.time()))
-                except asyncio.TimeoutError:
-                    break
-                items.append(item)
-                n += len(item[0])
+            seen = -1
+            # A turn of the loop (sleep(0)) lets requests whose bytes are already here reach the queue.
+            while self.waiting < self.max_batch and loop.time() < deadline and (self.arriving or seen != self.waiting):
+                seen = self.waiting
+                await asyncio.sleep(0 if not self.arriving else min(2e-4, max(0.0, deadline - loop.time())))
+            items, n = [], 0
+            while self.pending and (not items or n + len(self.pending[0][0]) <= self.max_batch):
+                items.append(self.pending.pop(0))
+                n += len(items[-1][0])
+            self.waiting -= n
+            if not self.pending:
+                self.wake.clear()
             try:
                 probs = await loop.run_in_executor(self.pool, self._run, np.concatenate([x for x, _ in items]))
             except Exception as e:  # a failed call fails its requests, not the worker
@@ -103,6 +135,19 @@ class Batcher:
             if size >= self.max_batch:
                 break
             size = min(self.max_batch, size * 2)
+
+
+def _quick(data: bytes) -> bool:
+    """Whether `data` decodes in well under a millisecond: few bytes and, by its header, few pixels."""
+    if len(data) > QUICK_BYTES:
+        return False
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            return im.width * im.height <= QUICK_PIXELS
+    except Exception:  # not an image Pillow knows: `prepare` refuses it as quickly
+        return True
 
 
 def bucket(n: int) -> int:
@@ -177,27 +222,32 @@ def create_app(model, *, info: dict | None = None, max_batch: int = 32, max_wait
                 out.append(str(e))
         return out
 
-    @app.post("/predict")
-    async def predict(request: Request, top_k: int = top_k, invert: str = "auto"):
+    async def predict(request: Request) -> Response:
         """Classify one or several images; per image {file, class, probability, top_k, note} or {file, error}."""
+        invert, k = request.query_params.get("invert", "auto"), request.query_params.get("top_k", str(top_k))
         if invert not in P.INVERT_CHOICES:
             return error(400, f"invert must be one of {', '.join(P.INVERT_CHOICES)}, not {invert!r}")
-        if top_k < 1:
-            return error(400, "top_k must be at least 1")
+        if not k.lstrip("-").isdigit() or int(k) < 1:
+            return error(400, f"top_k must be a whole number of at least 1, not {k!r}")
         files = await uploads(request)
         if isinstance(files, JSONResponse):
             return files
-        prepared = await run_in_threadpool(prepare, files, invert)
-        good = [i for i, p in enumerate(prepared) if not isinstance(p, str)]
-        probs = P.calibrated(model, await batcher.probabilities(np.stack([prepared[i].x for i in good]))) if good else None
+        with batcher.expect():
+            # A thumbnail (an MNIST digit: ~50 us) is decoded here; a thread hop would cost more than
+            # that. A photo goes to the thread pool, so that the loop goes on serving meanwhile.
+            prepared = prepare(files, invert) if all(map(_quick, (d for _, d in files))) else \
+                await run_in_threadpool(prepare, files, invert)
+            good = [i for i, p in enumerate(prepared) if not isinstance(p, str)]
+            probs = batcher.submit(np.stack([prepared[i].x for i in good])) if good else None
+        probs = P.calibrated(model, await probs) if good else None
         row = {i: r for r, i in enumerate(good)}
         results = [{"file": name, "error": p} if isinstance(p, str) else
-                   P.result(model, name, probs[row[i]], p.notes, top_k)
+                   P.result(model, name, probs[row[i]], p.notes, int(k))
                    for i, ((name, _), p) in enumerate(zip(files, prepared))]
         if not good:  # nothing could be classified: the client's input, and the line `cnn predict` prints
             first = results[0]
             return error(400, f"{first['file']}: {first['error']}", results=results)
-        return {"results": results}
+        return JSONResponse({"results": results})
 
     @app.post("/explain")
     async def explain(request: Request, invert: str = "auto"):
@@ -227,7 +277,28 @@ def create_app(model, *, info: dict | None = None, max_batch: int = 32, max_wait
     async def page():
         return PAGE.read_text()
 
-    return app
+    async def service(scope, receive, send):
+        """POST /predict, the route under load, goes straight to its handler: FastAPI's per-request
+        machinery (its middleware stack, parameter validation, response encoding) cost more than the
+        model's share of a one-image request. Everything else is FastAPI's."""
+        if scope["type"] != "http" or scope["path"] != "/predict" or scope["method"] != "POST":
+            return await app(scope, receive, send)
+        started = False
+
+        async def sending(message):
+            nonlocal started
+            started = True
+            await send(message)
+
+        try:
+            response = await predict(Request(scope, receive))
+        except Exception as e:
+            response = await internal(None, e)
+        if not started:
+            await response(scope, receive, sending)
+
+    service.api = app  # the FastAPI app itself (its routes, its OpenAPI document)
+    return service
 
 
 def _explain_png(run, name: str, data: bytes, invert: str, lock) -> bytes:

@@ -22,7 +22,7 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from cnncli.serve import Batcher, bucket, create_app, model_info
+from cnncli.serve import QUICK_BYTES, Batcher, _quick, bucket, create_app, model_info
 from cnncli.train import load_run
 from test_evaluate import trained_run
 from test_predict import bomb_png, digit_image
@@ -108,6 +108,9 @@ def test_every_bad_input_is_a_4xx_with_predicts_line_and_the_next_is_served(clie
     assert r.status_code == 413
     r = client.post("/predict?invert=maybe", content=good)
     assert r.status_code == 400 and r.json()["error"] == "invert must be one of auto, yes, no, not 'maybe'"
+    for k in ("0", "two"):
+        r = client.post(f"/predict?top_k={k}", content=good)
+        assert r.status_code == 400 and r.json()["error"] == f"top_k must be a whole number of at least 1, not {k!r}"
     assert client.post("/predict", content=good).status_code == 200
 
 
@@ -143,6 +146,25 @@ def test_concurrent_requests_are_one_call(run):
     assert b.batches == 1 and b.images == 8
     assert np.abs(np.concatenate(got) - want).max() <= 1e-6
     assert [bucket(n) for n in (1, 2, 3, 5, 9, 32)] == [1, 2, 4, 8, 16, 32]
+
+
+def test_a_lone_request_does_not_wait_out_max_wait(run):
+    """Nothing else on its way: the call starts at once, not after --max-wait-ms (an hour here)."""
+    async def main():
+        b = Batcher(run, max_batch=32, max_wait_ms=3_600_000)
+        await b.start()
+        try:
+            return await asyncio.wait_for(b.probabilities(np.zeros((1, *run.input_shape), np.uint8)), 60)
+        finally:
+            await b.stop()
+
+    assert asyncio.run(main()).shape == (1, len(run.classes))
+
+
+def test_only_small_images_are_decoded_on_the_event_loop():
+    assert _quick(png(digit_image(0).resize((40, 40))))
+    assert not _quick(png(Image.new("L", (1000, 1000))))  # few bytes, a million pixels: the thread pool
+    assert not _quick(bytes(QUICK_BYTES + 1))
 
 
 def test_an_export_is_served_without_saliency(digits, tmp_path):
