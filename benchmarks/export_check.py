@@ -47,7 +47,9 @@ def main() -> None:
                           for r in results])
         return probs, [r["class"] for r in results]
 
-    want, want_top = table(load_run(args.run_dir))
+    run = load_run(args.run_dir)
+    run.precision = "fp32"  # the goal's reference: `cnn predict` in fp32 (auto may time bf16 faster here)
+    want, want_top = table(run)
     rows = []
     with tempfile.TemporaryDirectory() as d:
         for fmt in args.formats.split(","):

@@ -161,3 +161,23 @@ def test_user_errors_are_one_line(digits, tmp_path, monkeypatch, run_cnn):
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "tensorflow" else real(name, *a))
     with pytest.raises(CnnError, match=r"tflite export needs tensorflow: pip install -e '.\[export\]'"):
         E.export(digits["run_dir"], "tflite")
+
+
+def test_predict_with_a_savedmodel_prints_no_tensorflow_log(digits, tmp_path):
+    """TensorFlow's C++ start-up and CUDA-probe lines (on fd 2, past Python's sys.stderr) are not shown:
+    a fresh `cnn predict` process, the user's environment without TF_CPP_MIN_LOG_LEVEL."""
+    import importlib.util
+    import os
+    import subprocess
+    import sys
+
+    if importlib.util.find_spec("tensorflow") is None:
+        pytest.skip("TensorFlow (the export extra) is not installed: pip install -e '.[export]'")
+    model = E.export(digits["run_dir"], "savedmodel", out=tmp_path / "digits.savedmodel")["file"]
+    image = tmp_path / "zero.png"
+    Image.fromarray(dataset_for(load_run(digits["run_dir"]))[0].test.x[0][..., 0]).save(image)
+    env = {k: v for k, v in os.environ.items() if k not in ("TF_CPP_MIN_LOG_LEVEL", "CUDA_VISIBLE_DEVICES")}
+    done = subprocess.run([sys.executable, "-m", "cnncli.cli", "predict", str(image), "--model", model],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0 and "zero.png" in done.stdout
+    assert done.stderr == "", done.stderr
