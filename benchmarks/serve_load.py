@@ -1,27 +1,33 @@
 """`cnn serve` under load: concurrent one-image requests against `cnn predict` on a folder of the same images.
 
-    python benchmarks/serve_load.py RUN_DIR [--clients 8 --requests 2000 --bad 200]
+    python benchmarks/serve_load.py RUN_DIR [--clients 8 --requests 2000 --bad 200] [--client wrk|python]
 
-RUN_DIR is an MNIST run (the images are MNIST's test digits, from $CNN_DATA_DIR). Steps:
+RUN_DIR is an MNIST run (the images are MNIST's test digits, from $CNN_DATA_DIR). Steps, in one run
+so that the ratio compares the two on the same machine at the same hour:
 1. `cnn predict`'s throughput: the same library call the command makes (`predict_files` on a
    folder of the images as PNG files), in this process, after a warm-up; start-up excluded.
 2. `cnn serve RUN_DIR` in a subprocess on a free loopback port; 50 warm-up requests.
-3. `--clients` threads, each with one keep-alive connection, send the requests (raw PNG bodies)
-   in a shuffled order with `--bad` bad ones mixed in (an HTML page named .jpg, an empty body, a
+3. A load generator in its own process, cheap so that it leaves the cores to the server: Debian's
+   `wrk` (apt-get install wrk) with a Lua script, else (or with --client python) an asyncio client
+   of this file. `--clients` keep-alive connections send the requests (raw PNG bodies) in a
+   shuffled order with `--bad` bad ones mixed in (an HTML page named .jpg, an empty body, a
    truncated JPEG): each good one must get 200 and the class `cnn predict` gave, each bad one a
    4xx. The server's resident memory is sampled every 0.25 s.
-Prints a summary and one JSON line with every figure. Not a test: the figures depend on the machine.
+Prints a summary naming the client that produced it and one JSON line with every figure. Not a
+test: the figures depend on the machine.
 """
 
 from __future__ import annotations
 
 import argparse
-import http.client
+import contextlib
 import io
 import json
 import os
-import queue
 import random
+import re
+import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -42,6 +48,8 @@ def parse_args():
     p.add_argument("--bad", type=int, default=200, help="bad requests mixed in")
     p.add_argument("--max-batch", type=int, default=32)
     p.add_argument("--max-wait-ms", type=float, default=5.0)
+    p.add_argument("--client", choices=["auto", "wrk", "python"], default="auto",
+                   help="load generator: wrk where installed (auto), else this file's asyncio client")
     return p.parse_args()
 
 
@@ -96,12 +104,58 @@ def main() -> None:
     from cnncli.runtime import tune_xla
 
     tune_xla()  # as `cnn` itself runs
+    client = args.client if args.client != "auto" else ("wrk" if shutil.which("wrk") else "python")
     bodies = images(args.requests)
+    rng = random.Random(0)
+    work = [["good", i] for i in range(args.requests)] + [["bad", i % len(bad_bodies())] for i in range(args.bad)]
+    rng.shuffle(work)
     with tempfile.TemporaryDirectory() as d:
+        folder = Path(d, "images")
+        folder.mkdir()
         for i, b in enumerate(bodies):
-            Path(d, f"{i:05d}.png").write_bytes(b)
-        predict_ips, classes = predict_rate(args.run_dir, Path(d))
+            (folder / f"{i:05d}.png").write_bytes(b)
+        predict_ips, classes = predict_rate(args.run_dir, folder)
+        Path(d, "work.json").write_text(json.dumps(dict(work=work, classes=classes)))
+        with served(args) as (port, pid):
+            load(client, port, args.clients, d, warm=True)  # connections, caches, the loop's first requests
+            memory, stop = [], threading.Event()
 
+            def sample():
+                while not stop.is_set():
+                    memory.append(rss_mb(pid))
+                    time.sleep(0.25)
+
+            sampler = threading.Thread(target=sample, daemon=True)
+            sampler.start()
+            out = load(client, port, args.clients, d)
+            stop.set()
+            sampler.join()
+            health = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/health").read())
+
+    serve_ips = out["good"] / out["seconds"]
+    cpu = cpu_info()
+    row = dict(client=client, clients=args.clients, requests=out["good"], bad=args.bad,
+               bad_answered_4xx=out["bad_4xx"], errors=out["errors"], wall_s=round(out["seconds"], 2),
+               serve_images_per_s=round(serve_ips, 1), predict_images_per_s=round(predict_ips, 1),
+               ratio=round(serve_ips / predict_ips, 3), latency_ms={k: round(v, 1) for k, v in out["latency_ms"].items()},
+               rss_mb=dict(start=round(memory[0], 1), end=round(memory[-1], 1), max=round(max(memory), 1)),
+               images_per_batch=round(health["images"] / max(1, health["batches"]), 2),
+               max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, cpu=cpu)
+    lat = out["latency_ms"]
+    print(f"cnn serve, {args.clients} connections from {client}, {out['good']} one-image requests + {args.bad} bad, "
+          f"on {cpu['model']} ({cpu['cores']} cores)")
+    print(f"  errors {out['errors']}; bad requests answered 4xx: {out['bad_4xx']}/{args.bad}")
+    print(f"  throughput {serve_ips:.0f} images/s; cnn predict on a folder of the same images {predict_ips:.0f} "
+          f"images/s: {100 * serve_ips / predict_ips:.0f}%")
+    print(f"  latency p50 {lat['p50']:.1f} ms, p90 {lat['p90']:.1f} ms, p99 {lat['p99']:.1f} ms ({out['latency_of']})")
+    print(f"  server memory (RSS) {memory[0]:.0f} MB at the start, {memory[-1]:.0f} MB at the end, max {max(memory):.0f}")
+    print(f"  {row['images_per_batch']} images per batched call on average")
+    print(json.dumps(row))
+
+
+@contextlib.contextmanager
+def served(args):
+    """`cnn serve RUN_DIR` on a free loopback port, up and answering: (port, pid)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -110,7 +164,7 @@ def main() -> None:
                                "--max-batch", str(args.max_batch), "--max-wait-ms", str(args.max_wait_ms)],
                               stdout=log, stderr=subprocess.STDOUT)
     try:
-        deadline = time.time() + 180
+        deadline = time.time() + 300
         while True:
             try:
                 urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)
@@ -120,96 +174,146 @@ def main() -> None:
                     log.seek(0)
                     sys.exit(f"cnn serve did not start: {log.read().decode()[-1000:]}")
                 time.sleep(0.3)
-        rng = random.Random(0)
-        bad = bad_bodies()
-        work = [("good", i) for i in range(args.requests)] + [("bad", i % len(bad)) for i in range(args.bad)]
-        rng.shuffle(work)
-        results = run_load(port, args.clients, bodies[:50], [], None)  # warm-up: connections, thread pool
-        memory, stop = [], threading.Event()
-
-        def sample():
-            while not stop.is_set():
-                memory.append(rss_mb(server.pid))
-                time.sleep(0.25)
-
-        sampler = threading.Thread(target=sample, daemon=True)
-        sampler.start()
-        t = time.perf_counter()
-        results = run_load(port, args.clients, bodies, bad, work)
-        wall = time.perf_counter() - t
-        stop.set()
-        sampler.join()
-        health = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/health").read())
+        yield port, server.pid
     finally:
         server.terminate()
         server.wait(timeout=60)
 
-    good = [r for r in results if r["kind"] == "good"]
-    errors = [r for r in good if r["status"] != 200 or r["class"] != classes[r["i"]]]
-    bad_ok = sum(400 <= r["status"] < 500 for r in results if r["kind"] == "bad")
-    lat = sorted(r["seconds"] for r in good)
-    pct = lambda q: 1000 * lat[min(len(lat) - 1, int(q * len(lat)))]  # noqa: E731
-    serve_ips = len(good) / wall
-    cpu = cpu_info()
-    row = dict(clients=args.clients, requests=len(good), bad=args.bad, bad_answered_4xx=bad_ok, errors=len(errors),
-               wall_s=round(wall, 2), serve_images_per_s=round(serve_ips, 1),
-               predict_images_per_s=round(predict_ips, 1), ratio=round(serve_ips / predict_ips, 3),
-               latency_ms=dict(p50=round(pct(0.5), 1), p90=round(pct(0.9), 1), p99=round(pct(0.99), 1),
-                               max=round(1000 * lat[-1], 1)),
-               rss_mb=dict(start=round(memory[0], 1), end=round(memory[-1], 1), max=round(max(memory), 1)),
-               images_per_batch=round(health["images"] / max(1, health["batches"]), 2),
-               max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, cpu=cpu)
-    print(f"cnn serve, {args.clients} clients, {len(good)} one-image requests + {args.bad} bad, on {cpu['model']} "
-          f"({cpu['cores']} cores)")
-    print(f"  errors {len(errors)}; bad requests answered 4xx: {bad_ok}/{args.bad}")
-    print(f"  throughput {serve_ips:.0f} images/s; cnn predict on a folder of the same images {predict_ips:.0f} "
-          f"images/s: {100 * serve_ips / predict_ips:.0f}%")
-    print(f"  latency p50 {pct(0.5):.1f} ms, p90 {pct(0.9):.1f} ms, p99 {pct(0.99):.1f} ms")
-    print(f"  server memory (RSS) {memory[0]:.0f} MB at the start, {memory[-1]:.0f} MB at the end, max {max(memory):.0f}")
-    print(f"  {row['images_per_batch']} images per batched call on average")
-    print(json.dumps(row))
+
+def load(client: str, port: int, clients: int, d: str, warm: bool = False) -> dict:
+    """Run the load generator in its own process on the work in folder `d`; its summary."""
+    if client == "wrk":
+        # wrk runs for its -d whatever its script does: the script marks its first request and last
+        # answer in files (their times give the wall time), then SIGINT makes wrk print its summary.
+        script, started, finished = Path(d, "load.lua"), Path(d, "started"), Path(d, "finished")
+        for f in (started, finished):
+            f.unlink(missing_ok=True)
+        script.write_text(wrk_script(d, warm))
+        wrk = subprocess.Popen(["wrk", "-t1", f"-c{clients}", "-d600s", "--timeout", "60s", "-s", str(script),
+                                f"http://127.0.0.1:{port}/predict"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        while not finished.exists() and wrk.poll() is None:
+            time.sleep(0.005)
+        wrk.send_signal(signal.SIGINT)
+        stdout, stderr = wrk.communicate(timeout=120)
+        lines = [ln for ln in stdout.splitlines() if ln.startswith("{")]
+        if not lines or not finished.exists():
+            sys.exit(f"wrk printed no summary: {stdout[-1000:]} {stderr[-1000:]}")
+        out = json.loads(lines[-1])
+        out.update(json.loads(finished.read_text()))
+        out["seconds"] = (finished.stat().st_mtime_ns - started.stat().st_mtime_ns) / 1e9
+        return out
+    done = subprocess.run([sys.executable, __file__, "--load", str(port), str(clients), d, "warm" if warm else "run"],
+                          capture_output=True, text=True, check=True)
+    return json.loads(done.stdout.splitlines()[-1])
 
 
-def run_load(port: int, clients: int, bodies: list[bytes], bad: list, work) -> list[dict]:
-    """Send the work items from `clients` threads (one keep-alive connection each); one dict per request."""
-    items = queue.Queue()
-    for item in work if work is not None else [("good", i) for i in range(len(bodies))]:
-        items.put(item)
-    out, lock = [], threading.Lock()
+def wrk_script(d: str, warm: bool) -> str:
+    """wrk's Lua: the work list in order over its connections, every answer checked, a JSON summary."""
+    spec = json.loads(Path(d, "work.json").read_text())
+    work = [["good", i] for i in range(50)] if warm else spec["work"]
+    names = [f"{i:05d}.png" for i in range(len(spec["classes"]))]
+    bad = bad_bodies()
+    lua = lambda b: '"' + "".join(f"\\{c}" for c in b) + '"'  # noqa: E731  (a Lua string of any bytes)
+    goods = ",\n".join(lua(Path(d, "images", n).read_bytes()) for n in names[: max(i for k, i in work if k == "good") + 1])
+    started, finished = Path(d, "started"), Path(d, "finished")
+    return f"""
+local goods = {{{goods}}}
+local bads = {{{",".join(lua(b) for _, b in bad)}}}
+local badnames = {{{",".join(lua(n.encode()) for n, _ in bad)}}}
+local classes = {{{",".join(lua(c.encode()) for c in spec["classes"])}}}
+local work = {{{",".join(f"{{{int(k == 'good')},{i + 1}}}" for k, i in work)}}}
+local total = #work
+local sent, answered, good, bad, bad4xx, errors = 0, 0, 0, 0, 0, 0
 
-    def client():
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
-        while True:
-            try:
-                kind, i = items.get_nowait()
-            except queue.Empty:
-                break
-            name, body = (f"{i:05d}.png", bodies[i]) if kind == "good" else bad[i]
+request = function()
+  sent = sent + 1
+  if sent == 1 then
+    local f = io.open("{started}", "w")
+    f:close()
+  end
+  local w = work[((sent - 1) % total) + 1]
+  if w[1] == 1 then
+    return wrk.format("POST", nil, {{["Content-Type"] = "application/octet-stream",
+                                     ["X-Filename"] = string.format("%05d.png", w[2] - 1)}}, goods[w[2]])
+  end
+  return wrk.format("POST", nil, {{["Content-Type"] = "application/octet-stream",
+                                   ["X-Filename"] = badnames[w[2]]}}, bads[w[2]])
+end
+
+response = function(status, headers, body)
+  answered = answered + 1
+  if answered > total then return end
+  local i = body:match('"file":"(%d+)%.png"')
+  if i ~= nil and status == 200 then
+    good = good + 1
+    if body:match('"class":"([^"]*)"') ~= classes[tonumber(i) + 1] then errors = errors + 1 end
+  elseif status >= 400 and status < 500 and i == nil then
+    bad = bad + 1
+    bad4xx = bad4xx + 1
+  else
+    errors = errors + 1
+  end
+  if answered == total then
+    local f = io.open("{finished}", "w")
+    f:write(string.format('{{"good": %d, "bad": %d, "bad_4xx": %d, "errors": %d}}', good, bad, bad4xx, errors))
+    f:close()
+  end
+end
+
+done = function(summary, latency, requests)
+  io.write(string.format('{{"latency_ms": {{"p50": %f, "p90": %f, "p99": %f, "max": %f}}, ' ..
+    '"latency_of": "wrk: every request, bad ones too"}}\\n',
+    latency:percentile(50) / 1e3, latency:percentile(90) / 1e3, latency:percentile(99) / 1e3, latency.max / 1e3))
+end
+"""
+
+
+def client_main(port: int, clients: int, d: str, mode: str) -> None:
+    """The asyncio load generator (`--load`): one keep-alive connection per client, plain HTTP/1.1."""
+    import asyncio
+
+    spec = json.loads(Path(d, "work.json").read_text())
+    work = [["good", i] for i in range(50)] if mode == "warm" else spec["work"]
+    names = [f"{i:05d}.png" for i in range(len(spec["classes"]))]
+    bad = bad_bodies()
+    goods = {i: Path(d, "images", names[i]).read_bytes() for k, i in work if k == "good"}
+    todo = iter(work)
+    out = []
+
+    async def client():
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        for kind, i in todo:
+            name, body = (names[i], goods[i]) if kind == "good" else bad[i]
             t = time.perf_counter()
-            try:
-                conn.request("POST", "/predict", body=body, headers={"X-Filename": name,
-                                                                     "Content-Type": "application/octet-stream"})
-                resp = conn.getresponse()
-                data = json.loads(resp.read())
-                status = resp.status
-            except (OSError, http.client.HTTPException, ValueError):
-                conn.close()
-                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
-                status, data = -1, {}
+            writer.write(f"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/octet-stream\r\n"
+                         f"X-Filename: {name}\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body)
+            head = await reader.readuntil(b"\r\n\r\n")
+            status = int(head.split(b" ", 2)[1])
+            length = int(re.search(rb"(?i)content-length: *(\d+)", head).group(1))
+            data = json.loads(await reader.readexactly(length))
             seconds = time.perf_counter() - t
             cls = data["results"][0].get("class") if status == 200 else None
-            with lock:
-                out.append(dict(kind=kind, i=i, status=status, seconds=seconds, **{"class": cls}))
-        conn.close()
+            out.append((kind, status, seconds, kind == "good" and (status != 200 or cls != spec["classes"][i])))
+        writer.close()
 
-    threads = [threading.Thread(target=client) for _ in range(clients)]
-    for th in threads:
-        th.start()
-    for th in threads:
-        th.join()
-    return out
+    async def run():
+        t = time.perf_counter()
+        await asyncio.gather(*(client() for _ in range(clients)))
+        return time.perf_counter() - t
+
+    seconds = asyncio.run(run())
+    lat = sorted(s for k, _, s, _ in out if k == "good")
+    pct = lambda q: 1000 * lat[min(len(lat) - 1, int(q * len(lat)))]  # noqa: E731
+    print(json.dumps(dict(good=sum(k == "good" for k, *_ in out), bad=sum(k == "bad" for k, *_ in out),
+                          bad_4xx=sum(k == "bad" and 400 <= st < 500 for k, st, *_ in out),
+                          errors=sum(e for *_, e in out), seconds=seconds,
+                          latency_ms=dict(p50=pct(0.5), p90=pct(0.9), p99=pct(0.99), max=1000 * lat[-1]),
+                          latency_of="python client: the good requests")))
 
 
 if __name__ == "__main__":
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    main()
+    if len(sys.argv) > 1 and sys.argv[1] == "--load":
+        client_main(int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sys.argv[5])
+    else:
+        main()
