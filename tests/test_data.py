@@ -422,7 +422,10 @@ def test_download_from_local_files_imports_and_reports(tmp_path, data_dir):
     assert [(c["name"], c["rows"]) for c in listing["cache"]] == [("mnist", {"train": 60000, "test": 10000})]
 
 
-def test_download_and_import_progress_is_plain_lines_off_a_terminal(tmp_path, data_dir, run_cnn, monkeypatch):
+def test_download_and_import_progress_is_plain_lines_off_a_terminal(tmp_path, fresh_cache, data_dir, run_cnn,
+                                                                   monkeypatch):
+    # fresh_cache: the two imports' arrays must not join the shared cache (its newest mnist entry is what a
+    # --data-dir without the files falls back on, tests/faults/test_options.py)
     import functools
     import re
     import threading
