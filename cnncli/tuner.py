@@ -238,7 +238,8 @@ def choose(op: str, key: tuple, candidates: dict, make_inputs) -> str:
     global _noted
     if not _noted:
         _noted = True
-        _note(f"measuring the fastest form of each layer on this CPU (once; kept in {path()})")
+        # Not "once": each new shape (an evaluation batch, another model) is measured the first time.
+        _note(f"measuring the fastest form of each layer for these shapes on this CPU (kept in {path()})")
     t0 = time.perf_counter()
     ms: dict[str, float] = {}
     with jax.ensure_compile_time_eval():
