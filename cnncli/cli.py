@@ -10,12 +10,16 @@ import os
 import sys
 from typing import Annotated
 
-import typer
+try:  # Ctrl-C while the commands load (~0.2 s) ends as it does later: one line, exit 130 (#43)
+    import typer
 
-from . import __version__
-from .commands import bench, compare, data, evaluate, export, models, predict, recipes, train
-from .commands.options import option
-from .guard import Group
+    from . import __version__
+    from .commands import bench, compare, data, evaluate, export, models, predict, recipes, train
+    from .commands.options import option
+    from .guard import Group
+except KeyboardInterrupt:
+    print("interrupted", file=sys.stderr)
+    os._exit(130)
 
 app = typer.Typer(
     cls=Group,  # Ctrl-C, broken pipes and OSErrors end as guard.py says, not as Typer would

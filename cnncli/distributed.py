@@ -94,7 +94,12 @@ def supervise() -> int:
         import ctypes
 
         ctypes.CDLL("libc.so.6").prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        # The ignore below is ours, not the user's: the child gets Ctrl-C as we were started with it
+        # (an ignored SIGINT survives exec, and the child would never save on Ctrl-C).
+        signal.signal(signal.SIGINT, started_with)
 
+    started_with = signal.getsignal(signal.SIGINT)
+    started_with = signal.SIG_IGN if started_with is signal.SIG_IGN else signal.SIG_DFL
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the child too; it does the saving
     child = subprocess.Popen([sys.executable, "-m", "cnncli.cli", *sys.argv[1:]], env={**os.environ, SUPERVISED: "1"},
                              stderr=subprocess.PIPE, preexec_fn=die_with_parent)

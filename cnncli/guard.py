@@ -80,6 +80,10 @@ def translated():
 class Group(TyperGroup):
     """The app's command group: runs the chosen command under `translated()`."""
 
+    def make_context(self, *args, **kwargs):  # Ctrl-C while the options are parsed, too
+        with translated():
+            return super().make_context(*args, **kwargs)
+
     def invoke(self, ctx):
         with translated():
             return super().invoke(ctx)

@@ -8,6 +8,7 @@ that check caching take `fresh_cache` for an empty one of their own.
 """
 
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -24,6 +25,12 @@ os.environ.setdefault("CNN_CACHE_DIR", str(REPO / ".cache" / "cnn"))
 # suite meets would cost minutes and make what runs depend on the machine's load. Every candidate
 # is tested against the plain op (test_layers.py) and the tuner itself in test_tuner.py.
 os.environ.setdefault("CNN_TUNE", "0")
+# A process started with Ctrl-C ignored (a shell script's `pytest &`, nohup, some CI runners) passes
+# that on to every child, and `cnn` honours an inherited ignore (engine._Interrupt): the tests that
+# send SIGINT to a `cnn` process then saw it exit 0 or wait out a 60 s stall (#43). Give the children
+# the disposition a terminal gives them, whatever started pytest.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture

@@ -533,7 +533,10 @@ class _Interrupt:
 
     def __enter__(self):
         self._old = None
-        if threading.current_thread() is threading.main_thread():
+        # A process started with Ctrl-C ignored (nohup, a script's background job) keeps ignoring it
+        # here too, as it does everywhere else in the run.
+        if threading.current_thread() is threading.main_thread() and \
+                signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
             self._old = signal.signal(signal.SIGINT, self._handler)
         return self
 

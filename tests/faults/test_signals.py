@@ -87,3 +87,21 @@ def test_a_closed_stdout_ends_quietly():
                        text=True)
     os.close(write)
     assert p.returncode == 141 and p.stderr == "", p.stderr
+
+
+def test_a_process_started_with_ctrl_c_ignored_keeps_ignoring_it():
+    """nohup and a script's background job start a process with SIGINT ignored: the training loop's
+    handler must not take Ctrl-C over for the epochs only (the run then ignored it before and after
+    them, and stopped in the middle: #43's two tests, under a pytest started that way)."""
+    from cnncli.train.engine import _Interrupt
+
+    before = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        with _Interrupt():
+            assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        with _Interrupt() as i:
+            assert signal.getsignal(signal.SIGINT) == i._handler
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    finally:
+        signal.signal(signal.SIGINT, before)
