@@ -38,6 +38,7 @@ _retune = False
 _noted = False
 _measured: list[tuple[str, str, float]] = []  # (op key, choice, seconds spent), this process
 _fresh: set[str] = set()  # keys measured by this process (a retune measures each once)
+_used: dict[str, str] = {}  # op key -> the candidate this process traced with (measured or read)
 
 
 def cpu_flags(cpuinfo: str | None = None) -> tuple[str, dict]:
@@ -67,7 +68,15 @@ def host(cpuinfo: str | None = None) -> dict:
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return dict(cpu=model or platform.processor() or platform.machine(), isa=sorted(flags & set(FLAGS)),
                 cores=cores, backend=jax.default_backend(), jax=jax.__version__, jaxlib=jaxlib.__version__,
-                xla_flags=os.environ.get("XLA_FLAGS", ""), tuner=VERSION)
+                xla_flags=os.environ.get("XLA_FLAGS", ""), tuner=VERSION, kernels=_kernels_version())
+
+
+def _kernels_version() -> str | None:
+    """The oneDNN kernel library's build key (its source, jaxlib, oneDNN), None without it: a choice
+    made with or without them, or with another build, is not this host's."""
+    from . import kernels
+
+    return kernels.version()
 
 
 def host_id(h: dict) -> str:
@@ -139,10 +148,21 @@ def is_plain() -> bool:
     return _plain > 0
 
 
+def active() -> bool:
+    """Whether `choose` measures or reads a choice (else it takes the plain op without asking):
+    candidates that cost something to offer (building the oneDNN kernels) are offered only then."""
+    return not is_plain() and _enabled()
+
+
 def retune(on: bool = True) -> None:
     """Measure every op met from now on again, replacing this host's cached choices (`--tune`)."""
     global _retune
     _retune = on
+
+
+def used() -> dict[str, str]:
+    """op key -> the candidate this process chose for it (e.g. "onednn"), for what `cnn bench` ran."""
+    return dict(_used)
 
 
 def measured() -> list[tuple[str, str, float]]:
@@ -205,7 +225,9 @@ def _time(fn, args, best: float) -> float:
     t = time.perf_counter()
     jax.block_until_ready(fn(*args))
     warm = time.perf_counter() - t
-    if warm > max(3 * best, 0.005):  # cannot win: do not spend seconds confirming it (tiny ops: no hurry)
+    # Cannot win: do not spend seconds confirming it. A first call also pays one-off costs (a oneDNN
+    # kernel starts its OpenMP team: 6 ms against 1 ms after), so a small op is never judged by it.
+    if warm > max(3 * best, best + 0.02, 0.005):
         return warm
     times: list[float] = []
     start = time.perf_counter()
@@ -232,6 +254,7 @@ def choose(op: str, key: tuple, candidates: dict, make_inputs) -> str:
     table = _load()
     known = table.get(k)
     if known and known["choice"] in candidates and (not _retune or k in _fresh):
+        _used[k] = known["choice"]
         return known["choice"]
     import jax
 
@@ -256,6 +279,7 @@ def choose(op: str, key: tuple, candidates: dict, make_inputs) -> str:
     record = {"choice": choice, "ms": ms, "load": _load_average()}
     _warn_if_busy(record["load"])
     table[k] = record
+    _used[k] = choice
     _fresh.add(k)
     _measured.append((k, choice, time.perf_counter() - t0))
     _save(k, record)
@@ -295,3 +319,4 @@ def reset() -> None:
     _table, _noted, _retune = None, False, False
     _measured.clear()
     _fresh.clear()
+    _used.clear()

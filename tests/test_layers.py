@@ -16,7 +16,7 @@ import pytest
 from flax import nnx
 from jax import lax
 
-from cnncli import tuner
+from cnncli import kernels, tuner
 from cnncli.models import layers
 
 DN = ("NHWC", "HWIO", "NHWC")
@@ -47,7 +47,13 @@ def forced(monkeypatch):
     """force(name): every `tuner.choose` answers `name` where it is a candidate, else XLA's op."""
     def force(name):
         monkeypatch.setattr(tuner, "choose", lambda op, key, cands, make: name if name in cands else next(iter(cands)))
+        monkeypatch.setattr(tuner, "active", lambda: True)  # the oneDNN kernels are offered only when measuring
     return force
+
+
+def _no_kernel(name, kind, dtype, *geometry) -> bool:
+    """A oneDNN candidate this CPU has no real kernel for (bf16 without AVX-512): not offered, not tested."""
+    return name == "onednn" and not kernels.fast(kernels.conv_geo(kind, dtype, *geometry))
 
 
 # Strides 1-3, even and odd sizes and kernels, SAME / VALID / explicit uneven pads, 1-8 channels.
@@ -69,21 +75,26 @@ def test_conv_candidates_equal_lax(size, kernel, stride, padding, cin, dtype):
     _, vjp = jax.vjp(lambda a, b: _plain_conv(a, b, strides, pads), x.astype(jnp.float32), k.astype(jnp.float32))
     dx_want, dw_want = vjp(dy.astype(jnp.float32))
     tol = TOL[dtype]
+    geometry = (x.shape, k.shape, want.shape[1:3], strides, pads)
     for name, fn in layers.CONV_FWD.items():
+        if _no_kernel(name, kernels.CONV_FWD, dtype, *geometry):
+            continue
         got = jax.jit(fn, static_argnums=(2, 3))(x, k, strides, pads)
         assert got.dtype == x.dtype, name
         _close(got, want, tol, name)
     for name, fn in layers.IGRAD.items():
-        if name.startswith("im2col") and stride > 1:  # the stride-1 identity only
-            continue
+        if name.startswith("im2col") and stride > 1 or _no_kernel(name, kernels.CONV_BWD_DATA, dtype, *geometry):
+            continue  # im2col: the stride-1 identity only
         _close(jax.jit(fn, static_argnums=(2, 3, 4))(dy, k, x.shape, strides, pads), dx_want, tol, name)
     for name, fn in layers.KGRAD.items():
         if name == "grouped" and not (cin == 1 and stride == 1 and want.shape[2] % layers.PIXEL_GROUP == 0):
             continue
+        if _no_kernel(name, kernels.CONV_BWD_WEIGHTS, dtype, *geometry):
+            continue
         _close(jax.jit(fn, static_argnums=(2, 3, 4))(x, dy, k.shape, strides, pads), dw_want, tol, name)
 
 
-@pytest.mark.parametrize("name", ["xla", "im2col", "slices", "phases", "col2im", "im2col_t", "grouped"])
+@pytest.mark.parametrize("name", ["xla", "im2col", "slices", "phases", "col2im", "im2col_t", "grouped", "onednn"])
 @pytest.mark.parametrize("stride,cin", [(1, 1), (2, 3), (1, 8)])
 def test_conv2d_through_the_tuner_equals_lax(forced, name, stride, cin):
     """The layer as models call it (custom gradient, bias, activation) with each choice forced."""
@@ -209,7 +220,7 @@ def test_dense_values_and_gradients_equal_matmul(forced, name, x_shape, dtype):
         _close(a, b, TOL[dtype])
 
 
-@pytest.mark.parametrize("name", ["xla", "slices", "place"])
+@pytest.mark.parametrize("name", ["xla", "slices", "place", "onednn"])
 @pytest.mark.parametrize("window,stride,padding", [(2, 1, "SAME"), (2, 2, "VALID"), (3, 2, "SAME"), (2, 2, "SAME"),
                                                    (3, 1, "VALID")])
 def test_max_pool_values_and_gradients_equal_reduce_window(forced, name, window, stride, padding):
@@ -242,8 +253,11 @@ def test_plain_ops_have_no_custom_gradients():
     assert "conv_general_dilated" in text and "reduce_window_max" in text
 
 
-def test_avg_pool_equals_nnx():
+@pytest.mark.parametrize("name", ["xla", "onednn"])
+def test_avg_pool_equals_nnx(forced, name):
+    forced(name)
     x = jax.random.normal(jax.random.key(0), (2, 9, 10, 3))
-    _close(layers.avg_pool(x, 2, 2), nnx.avg_pool(x, (2, 2), (2, 2)), rel=1e-6)
-    _close(jax.grad(lambda v: layers.avg_pool(v, 3, 2).sum())(x),
-           jax.grad(lambda v: nnx.avg_pool(v, (3, 3), (2, 2)).sum())(x), rel=1e-6)
+    w = jax.random.normal(jax.random.key(1), (2, 4, 4, 3))
+    _close(jax.jit(lambda v: layers.avg_pool(v, 2, 2))(x), nnx.avg_pool(x, (2, 2), (2, 2)), rel=1e-6)
+    _close(jax.jit(jax.grad(lambda v: (layers.avg_pool(v, 3, 2) * w).sum()))(x),
+           jax.grad(lambda v: (nnx.avg_pool(v, (3, 3), (2, 2)) * w).sum())(x), rel=1e-6)

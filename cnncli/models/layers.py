@@ -27,7 +27,7 @@ import numpy as np
 from flax import nnx
 from jax import lax
 
-from .. import tuner
+from .. import kernels, tuner
 
 _NHWC = lax.ConvDimensionNumbers(lhs_spec=(0, 3, 1, 2), rhs_spec=(3, 2, 0, 1), out_spec=(0, 3, 1, 2))
 F32 = jnp.float32
@@ -212,14 +212,31 @@ def _fwd_slices(x, kernel, strides, pads):
 
 
 SLICE_TERMS = 36  # a sum of more terms than this compiles to an unrolled program too large to be a candidate
+def _fwd_onednn(x, kernel, strides, pads):
+    return kernels.conv_fwd(x, kernel, _out_hw(x.shape, kernel.shape[:2], strides, pads), strides, pads)
+
+
+def _onednn_has(kind, x_shape, kernel_shape, dtype, strides, pads) -> bool:
+    """oneDNN's kernel is a candidate: built and loaded here, with a real (not `ref:`) implementation
+    for this convolution on this CPU (bf16 on AVX2 has none). Asked only when the tuner measures."""
+    out_hw = _out_hw(x_shape, kernel_shape[:2], strides, pads)
+    return tuner.active() and kernels.fast(kernels.conv_geo(kind, dtype, x_shape, kernel_shape, out_hw, strides, pads))
+
+
 CONV_FWD = {"xla": _fwd_xla, "im2col": _fwd_im2col, "im2col_whole": functools.partial(_fwd_im2col, whole=True),
-            "slices": _fwd_slices}
+            "slices": _fwd_slices, "onednn": _fwd_onednn}
 
 
 def _conv_forward(x, kernel, strides, pads):
     kh, kw, cin, _ = kernel.shape
-    name = _pick("conv_fwd", CONV_FWD, lambda n: n != "slices" or kh * kw * cin <= SLICE_TERMS,
-                 [(x.shape, x.dtype), (kernel.shape, kernel.dtype)], strides=strides, pads=pads)
+
+    def applies(n):
+        if n == "onednn":
+            return _onednn_has(kernels.CONV_FWD, x.shape, kernel.shape, x.dtype, strides, pads)
+        return n != "slices" or kh * kw * cin <= SLICE_TERMS
+
+    name = _pick("conv_fwd", CONV_FWD, applies, [(x.shape, x.dtype), (kernel.shape, kernel.dtype)], strides=strides,
+                 pads=pads)
     return CONV_FWD[name](x, kernel, strides, pads)
 
 
@@ -295,13 +312,19 @@ def _igrad_col2im(dy, kernel, x_shape, strides, pads):
 
 
 IGRAD = {"xla": _igrad_xla, "im2col": _igrad_im2col, "im2col_whole": functools.partial(_igrad_im2col, whole=True),
-         "phases": _igrad_phases, "col2im": _igrad_col2im}
+         "phases": _igrad_phases, "col2im": _igrad_col2im, "onednn": kernels.conv_bwd_data}
 
 
 def _input_grad(dy, kernel, x_shape, strides, pads):
     """d(loss)/d(x) of `_conv` (not asked for a network's input: see `_conv_fwd`)."""
     strided = strides != (1, 1)
-    name = _pick("conv_igrad", IGRAD, lambda n: n == "col2im" or n.startswith("im2col") != strided,
+
+    def applies(n):
+        if n == "onednn":
+            return _onednn_has(kernels.CONV_BWD_DATA, x_shape, kernel.shape, dy.dtype, strides, pads)
+        return n == "col2im" or n.startswith("im2col") != strided
+
+    name = _pick("conv_igrad", IGRAD, applies,
                  [(dy.shape, dy.dtype), (kernel.shape, kernel.dtype)], x_shape=tuple(x_shape), strides=strides,
                  pads=pads)
     return IGRAD[name](dy, kernel, x_shape, strides, pads)
@@ -351,12 +374,19 @@ KGRAD = {
     "im2col_whole": functools.partial(_kgrad_patches, whole=True),
     "im2col_t": functools.partial(_kgrad_patches, transposed=True),
     "grouped": functools.partial(_kgrad_patches, group=PIXEL_GROUP),
+    "onednn": kernels.conv_bwd_weights,
 }
 
 
 def _kernel_grad(x, dy, kernel_shape, strides, pads):
     grouped = kernel_shape[2] == 1 and strides == (1, 1) and dy.shape[2] % PIXEL_GROUP == 0
-    name = _pick("conv_kgrad", KGRAD, lambda n: n != "grouped" or grouped,
+
+    def applies(n):
+        if n == "onednn":
+            return _onednn_has(kernels.CONV_BWD_WEIGHTS, x.shape, kernel_shape, x.dtype, strides, pads)
+        return n != "grouped" or grouped
+
+    name = _pick("conv_kgrad", KGRAD, applies,
                  [(x.shape, x.dtype), (dy.shape, dy.dtype)], kernel_shape=tuple(kernel_shape), strides=strides,
                  pads=pads)
     return KGRAD[name](x, dy, kernel_shape, strides, pads)
@@ -537,14 +567,32 @@ def _pool_bwd_place(x, out, g, window, stride, padding):
     return dxp[:, top : top + x.shape[1], left : left + x.shape[2], :]
 
 
-POOL_FWD = {"xla": _pool_xla, "slices": _pool_slices}
-POOL_BWD = {"xla": _pool_bwd_xla, "place": _pool_bwd_place}
+def _pool_fwd_onednn(x, window, stride, padding):
+    out_hw, pads = _pool_geometry(x.shape, window, stride, padding)
+    return kernels.pool_fwd(x, 0, (window, window), out_hw, (stride, stride), pads)
+
+
+def _pool_bwd_onednn(x, out, g, window, stride, padding):
+    """oneDNN's max-pooling backward (it runs the forward again for the winners' positions)."""
+    _, pads = _pool_geometry(x.shape, window, stride, padding)
+    return kernels.pool_bwd(x, g, 0, (window, window), (stride, stride), pads)
+
+
+def _pool_onednn_has(kind, x, window, stride, padding) -> bool:
+    out_hw, pads = _pool_geometry(x.shape, window, stride, padding)
+    return tuner.active() and kernels.fast(kernels.pool_geo(kind, x.dtype, x.shape, (window, window), out_hw,
+                                                            (stride, stride), pads))
+
+
+POOL_FWD = {"xla": _pool_xla, "slices": _pool_slices, "onednn": _pool_fwd_onednn}
+POOL_BWD = {"xla": _pool_bwd_xla, "place": _pool_bwd_place, "onednn": _pool_bwd_onednn}
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3))
 def _max_pool(x, window, stride, padding):
-    name = _pick("maxpool_fwd", POOL_FWD, lambda n: True, [(x.shape, x.dtype)], window=window, stride=stride,
-                 padding=padding)
+    name = _pick("maxpool_fwd", POOL_FWD,
+                 lambda n: n != "onednn" or _pool_onednn_has(kernels.MAX_FWD, x, window, stride, padding),
+                 [(x.shape, x.dtype)], window=window, stride=stride, padding=padding)
     return POOL_FWD[name](x, window, stride, padding)
 
 
@@ -558,7 +606,8 @@ def _max_pool_bwd(window, stride, padding, res, g):
     # Timed on random data: `out` is then the real pooled maximum of it, so ties are as rare as in use.
     name = tuner.choose("maxpool_bwd", ((tuple(x.shape), x.dtype.name), window, stride, padding),
                         {n: functools.partial(f, window=window, stride=stride, padding=padding)
-                         for n, f in POOL_BWD.items()},
+                         for n, f in POOL_BWD.items()
+                         if n != "onednn" or _pool_onednn_has(kernels.MAX_BWD, x, window, stride, padding)},
                         lambda: _pool_bwd_inputs(x.shape, x.dtype, window, stride, padding))
     return (POOL_BWD[name](x, out, g, window, stride, padding),)
 
@@ -587,13 +636,62 @@ def max_pool(x, window: int = 2, stride: int = 2, padding: str = "VALID"):
     return _max_pool(x, window, stride, padding)
 
 
-def avg_pool(x, window: int = 2, stride: int = 2):
-    """Average pooling (VALID), as a mean of shifted strided slices (plain ops: autodiff's gradient
-    is a sum of pads, no window reduction to differentiate)."""
-    if tuner.is_plain():  # the slices below index, which a symbolic batch (export) turns into a gather
-        return nnx.avg_pool(x, window_shape=(window, window), strides=(stride, stride), padding="VALID")
+def _avg_slices(x, window, stride):
+    """A mean of shifted strided slices (plain ops: autodiff's gradient is a sum of pads, no window
+    reduction to differentiate)."""
     out_hw, _ = _pool_geometry(x.shape, window, stride, "VALID")
     total = 0.0
     for _, _, tap in _taps(x, (window, window), (stride, stride), out_hw):
         total = total + tap
     return total / (window * window)
+
+
+def _avg_onednn_has(kind, x, window, stride) -> bool:
+    out_hw, pads = _pool_geometry(x.shape, window, stride, "VALID")
+    return tuner.active() and kernels.fast(kernels.pool_geo(kind, x.dtype, x.shape, (window, window), out_hw,
+                                                            (stride, stride), pads))
+
+
+def _avg_fwd_onednn(x, window, stride):
+    out_hw, pads = _pool_geometry(x.shape, window, stride, "VALID")
+    return kernels.pool_fwd(x, 1, (window, window), out_hw, (stride, stride), pads)
+
+
+def _avg_bwd_slices(x, g, window, stride):
+    return jax.vjp(lambda v: _avg_slices(v, window, stride), x)[1](g)[0]
+
+
+def _avg_bwd_onednn(x, g, window, stride):
+    _, pads = _pool_geometry(x.shape, window, stride, "VALID")
+    return kernels.pool_bwd(x, g, 1, (window, window), (stride, stride), pads)
+
+
+AVG_FWD = {"xla": _avg_slices, "onednn": _avg_fwd_onednn}
+AVG_BWD = {"xla": _avg_bwd_slices, "onednn": _avg_bwd_onednn}
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
+def _avg_pool(x, window, stride):
+    name = _pick("avgpool_fwd", AVG_FWD, lambda n: _avg_onednn_has(kernels.AVG_FWD, x, window, stride),
+                 [(x.shape, x.dtype)], window=window, stride=stride)
+    return AVG_FWD[name](x, window, stride)
+
+
+def _avg_pool_fwd(x, window, stride):
+    return _avg_pool(x, window, stride), x
+
+
+def _avg_pool_bwd(window, stride, x, g):
+    name = _pick("avgpool_bwd", AVG_BWD, lambda n: _avg_onednn_has(kernels.AVG_BWD, x, window, stride),
+                 [(x.shape, x.dtype), (g.shape, g.dtype)], window=window, stride=stride)
+    return (AVG_BWD[name](x, g, window, stride),)
+
+
+_avg_pool.defvjp(_avg_pool_fwd, _avg_pool_bwd)
+
+
+def avg_pool(x, window: int = 2, stride: int = 2):
+    """Average pooling (VALID) over NHWC `x`, forward and backward in their measured forms."""
+    if tuner.is_plain():  # the slices index, which a symbolic batch (export) turns into a gather
+        return nnx.avg_pool(x, window_shape=(window, window), strides=(stride, stride), padding="VALID")
+    return _avg_pool(x, window, stride)
