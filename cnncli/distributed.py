@@ -139,6 +139,12 @@ def _logs_to_file(process_id: int) -> None:
                                   errors="backslashreplace", line_buffering=True)
 
 
+def is_follower() -> bool:
+    """A process of a multi-process job other than the first: it prints only errors (from the
+    environment, so that the command can say nothing before JAX has even joined the job)."""
+    return wanted() and os.environ.get("JAX_PROCESS_ID", "0").strip() not in ("", "0")
+
+
 def is_writer() -> bool:
     """Whether this process writes files and prints progress (process 0, or a single process)."""
     import jax

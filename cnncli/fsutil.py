@@ -60,7 +60,12 @@ _DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPE
 
 
 def _naming(e: OSError, path: Path, tmp) -> OSError:
-    if e.errno in _DISK_ERRNOS and e.filename in (None, tmp, str(tmp)):
+    """`e` naming `path` where it names one of our temporary files, or none (a full or read-only disk)."""
+    if e.errno is None and "free space" in str(e):  # numpy's tofile on a full disk: no errno, no path (#43)
+        e = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    name = os.path.basename(str(e.filename or ""))
+    ours = e.filename in (None, tmp, str(tmp)) or (name.startswith(f".{path.name}.") and name.endswith(".tmp"))
+    if e.errno in _DISK_ERRNOS and ours:
         return type(e)(e.errno, e.strerror, str(path))
     return e
 

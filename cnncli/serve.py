@@ -57,12 +57,23 @@ class Batcher:
         self.wake: asyncio.Event | None = None
         self.task = None
         self.batches = self.images = 0  # for /health: how well requests are being batched
+        self.ready = False  # every batch shape compiled (`start`)
 
     async def start(self, warm: bool = False) -> None:
         self.wake = asyncio.Event()
-        if warm:  # compile every batch shape before the first request, not during it
-            await asyncio.get_running_loop().run_in_executor(self.pool, self._warm)
+        self.ready = not warm
+        if warm:
+            # Compile every batch shape before requests need it, in the background: on a new machine
+            # that also measures the layers' forms (over a minute on a busy 2-core host, #43), and the
+            # server answers /health ("ready": false) meanwhile; a request waits behind the warm-up.
+            done = asyncio.get_running_loop().run_in_executor(self.pool, self._warm)
+            done.add_done_callback(self._warmed)
         self.task = asyncio.create_task(self._work())
+
+    def _warmed(self, future) -> None:
+        self.ready = True
+        if not future.cancelled() and future.exception() is not None:  # the first request will say it
+            print(f"note: warming up failed ({future.exception()})", file=sys.stderr)
 
     async def stop(self) -> None:
         if self.task:
@@ -266,7 +277,7 @@ def create_app(model, *, info: dict | None = None, max_batch: int = 32, max_wait
 
     @app.get("/health")
     async def health():
-        return {"status": "ok", "batches": batcher.batches, "images": batcher.images}
+        return {"status": "ok", "ready": batcher.ready, "batches": batcher.batches, "images": batcher.images}
 
     @app.get("/model")
     async def model_info():

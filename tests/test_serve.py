@@ -114,6 +114,30 @@ def test_every_bad_input_is_a_4xx_with_predicts_line_and_the_next_is_served(clie
     assert client.post("/predict", content=good).status_code == 200
 
 
+def test_health_answers_while_the_batch_shapes_warm_up(run, monkeypatch):
+    """#43: on a new machine warming up measures every layer (over a minute on a busy host) and the
+    server did not answer /health until it was done. Warm-up runs in the background now."""
+    import threading
+
+    from cnncli import serve
+
+    release, started = threading.Event(), threading.Event()
+    real = serve.Batcher._warm
+
+    def slow_warm(self):
+        started.set()
+        assert release.wait(60)
+        real(self)
+
+    monkeypatch.setattr(serve.Batcher, "_warm", slow_warm)
+    with TestClient(create_app(run, info=model_info(run), warm=True)) as c:
+        assert started.wait(30)
+        assert c.get("/health").json() == {"status": "ok", "ready": False, "batches": 0, "images": 0}
+        release.set()
+        r = c.post("/predict", content=png(digit_image(3)))  # waits behind the warm-up, then answers
+        assert r.status_code == 200 and c.get("/health").json()["ready"] is True
+
+
 def test_health_model_page_and_explain(client, run):
     assert client.get("/health").json()["status"] == "ok"
     info = client.get("/model").json()
@@ -269,8 +293,26 @@ def test_page_works_in_headless_chromium(server):
         while (shown := js("(document.querySelector('.result .cls') || {}).textContent")) in (None, "…"):
             assert time.time() < deadline, "no prediction appeared on the page"
             time.sleep(0.2)
-        assert shown == want
+        assert shown.removesuffix(" (unsure)") == want
         assert js("document.querySelectorAll('.result .bar').length") == 3
+        # The run's unsure rule, or the word that it has none (#43).
+        calibration = json.loads(urllib.request.urlopen(url + "/model", timeout=30).read()).get("calibration") or {}
+        rule = js("document.getElementById('rule').textContent")
+        assert ("marked unsure" in rule) == (calibration.get("unsure_below") is not None
+                                              or bool(calibration.get("unsure_all"))), rule
+        assert "marked unsure" in rule or "no unsure rule" in rule, rule
+        # Nothing overlaps the drop zone, on a desktop window and at a phone's width (#43: its dashed
+        # border ran through the subtitle and the controls).
+        for width, height in ((1200, 900), (390, 844)):
+            cdp("Emulation.setDeviceMetricsOverride", width=width, height=height, deviceScaleFactor=1, mobile=width < 500)
+            boxes = js("Object.fromEntries(['about', 'rule', 'drop', 'options'].map((id) => { const r = "
+                       "document.getElementById(id).getBoundingClientRect(); return [id, [r.left, r.top, r.right, "
+                       "r.bottom]]; }))")
+            d = boxes.pop("drop")
+            for name, b in boxes.items():
+                apart = b[2] <= d[0] or d[2] <= b[0] or b[3] <= d[1] or d[3] <= b[1]
+                assert apart, (width, name, b, "drop", d)
+            assert js("document.documentElement.scrollWidth") <= width  # no sideways scrolling
         ws.close()
     finally:
         browser.terminate()

@@ -35,7 +35,11 @@ def train(ctx: typer.Context, **kw):
 
     typed = {k: str(v) if isinstance(v, Path) else v for k, v in kw.items()  # config.json records paths as text
              if k not in _COMMAND_ONLY and ctx.get_parameter_source(k).name in _TYPED}
+    from .. import distributed
+
     o = Out(json=kw["json"] or kw["print_config"])  # stdout stays the config's alone
+    # docs/distributed.md: in a multi-process job the first process prints; the others only errors.
+    follower = distributed.is_follower()
     resume = kw["resume"]
     if resume is not None:
         cfg = TrainConfig.from_dict(read_config(resume))
@@ -57,10 +61,13 @@ def train(ctx: typer.Context, **kw):
 
         shown = {k: v for k, v in cfg.to_dict().items() if k not in ("extra",) and v is not None}
         shown.setdefault("lr", f"{DEFAULT_LR[cfg.optimizer]} ({cfg.optimizer} default)")
-        o.print("options: " + ", ".join(f"{k}={v}" for k, v in shown.items()))
+        if not follower:
+            o.print("options: " + ", ".join(f"{k}={v}" for k, v in shown.items()))
     from ..train import fit
 
     summary = fit(cfg, Progress(o), resume=resume)
+    if follower:
+        return
     if kw["json"]:
         o.emit_json(summary)
     else:

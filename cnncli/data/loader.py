@@ -15,6 +15,7 @@ cache does not exist yet) picks exactly the images the same run would pick from 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+import os
 from pathlib import Path
 
 import numpy as np
@@ -91,9 +92,10 @@ def load_dataset(
     spec = get_spec(name_or_path)
     prep = _requested_prep(spec, image_size)
     source = locate(spec, data_dir)
-    if source is None and data_dir is not None and not Path(data_dir).expanduser().is_dir():
+    named, by = (data_dir, "--data-dir") if data_dir is not None else (os.environ.get("CNN_DATA_DIR"), "$CNN_DATA_DIR")
+    if source is None and named and not Path(named).expanduser().is_dir():
         # Not the cache's copy of some other folder, without a word: the user named this one.
-        raise CnnError(f"data folder {data_dir} does not exist (from --data-dir or $CNN_DATA_DIR); "
+        raise CnnError(f"data folder {named} (from {by}) does not exist; "
                        f"pass the folder that holds {spec.name}/, or leave it out to use the default")
     if source is None:
         entry = cache.find_latest(spec.name, prep)

@@ -84,6 +84,8 @@ def build(prefix: Path, out: Path) -> None:
         raise BuildError("no C++ compiler (g++) to build them")
     libdir = _libdir(prefix)
     out.parent.mkdir(parents=True, exist_ok=True)
+    sys.stderr.write(f"building the oneDNN kernels for this machine (once, ~10 s; kept in {out.parent})\n")
+    sys.stderr.flush()
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")  # renamed into place: two builds never mix
     cmd = [cxx, "-O2", "-std=c++17", "-shared", "-fPIC", "-w", f"-I{jax.ffi.include_dir()}",
            f"-I{prefix / 'include'}", str(SOURCE), "-o", str(tmp), f"-L{libdir}", f"-l:{LIB}",

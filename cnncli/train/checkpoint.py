@@ -97,6 +97,11 @@ def load(path: Path) -> tuple[dict, dict[str, np.ndarray]]:
     for name, arr in state.items():
         if not isinstance(arr, np.ndarray):
             raise CnnError(f"checkpoint {path}: entry {name!r} is a {type(arr).__name__}, not an array")
+        # What a train state holds: real floats, integers (step counts, RNG key data), booleans.
+        # Complex or object arrays are not ours (a complex one loaded with ComplexWarnings, #43).
+        if arr.dtype.kind not in "fiub" and arr.dtype.name != "bfloat16":
+            raise CnnError(f"checkpoint {path}: entry {name!r} holds {arr.dtype} values, which no cnn model has "
+                           f"(a damaged or foreign file)")
         # NaN/inf weights come from a diverged run or a damaged file: refuse them, as predictions
         # of NaN (class 0 with probability nan) would be silently wrong.
         if np.issubdtype(arr.dtype, np.floating) and not np.isfinite(arr).all():

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import signal
 import threading
 import time
@@ -392,6 +393,7 @@ def _open_run(cfg: TrainConfig, resume: Path | None, lock, state, data_record, p
                 progress.note(f"{run_dir} has no checkpoint yet: training it from the start")
             record = rundir.read_config(run_dir)
             if record["epochs"] != cfg.epochs:  # `--resume DIR --epochs N` extends the run
+                _retire_metrics(run_dir, record["epochs"])
                 write_json(run_dir / "config.json", record | {"epochs": cfg.epochs})
             if _trained(cfg, loop):
                 progress.note(f"resuming {run_dir}: training is complete; testing the best epoch")
@@ -490,17 +492,61 @@ def _trained(cfg: TrainConfig, loop: Loop) -> bool:
 
 
 def _loop_from(meta: dict, path: Path) -> Loop:
-    """The loop record of a checkpoint, checked: a damaged one is one line, not a TypeError."""
-    try:
-        loop = Loop(**meta["loop"])
-        ints = (loop.epoch, loop.step_in_epoch, loop.global_step, loop.best_epoch, loop.bad_epochs)
-        ok = (all(isinstance(i, int) and i >= 0 for i in ints) and isinstance(loop.history, list)
-              and len(loop.partial) == 3 and isinstance(loop.train_seconds, (int, float)))
-    except (KeyError, TypeError):
-        ok = False
-    if not ok:
-        raise CnnError(f"checkpoint {path} has a damaged or foreign loop record; it cannot be resumed")
-    return loop
+    """The loop record of a checkpoint, every field checked for type and range: a damaged or crafted
+    one is one line naming the file and the field, never a TypeError further on (#43)."""
+    why = _loop_problem(meta.get("loop") if isinstance(meta, dict) else None)
+    if why:
+        raise CnnError(f"checkpoint {path} has a damaged or foreign loop record ({why}); it cannot be resumed")
+    return Loop(**meta["loop"])
+
+
+def _number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _count(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+
+def _loop_problem(rec) -> str | None:
+    """What is wrong with a checkpoint's loop record, or None."""
+    if not isinstance(rec, dict):
+        return "no loop record"
+    unknown = set(rec) - set(Loop.__dataclass_fields__)
+    if unknown:
+        return f"unknown field {sorted(unknown)[0]!r}"
+    for name in ("epoch", "step_in_epoch", "global_step", "best_epoch", "bad_epochs"):
+        if name in rec and not _count(rec[name]):
+            return f"{name} is not a count: {rec[name]!r}"
+    if rec.get("best_value") is not None and not _number(rec["best_value"]):
+        return f"best_value is not a number: {rec['best_value']!r}"
+    if "train_seconds" in rec and not (_number(rec["train_seconds"]) and rec["train_seconds"] >= 0):
+        return f"train_seconds is not a duration: {rec['train_seconds']!r}"
+    partial = rec.get("partial", [0.0, 0.0, 0.0])
+    if not (isinstance(partial, list) and len(partial) == 3 and all(_number(v) for v in partial)):
+        return f"partial is not 3 numbers: {partial!r}"
+    history = rec.get("history", [])
+    if not isinstance(history, list):
+        return f"history is not a list: {history!r}"
+    for i, row in enumerate(history):
+        if not isinstance(row, dict):
+            return f"history row {i + 1} is not a record: {row!r}"
+        if not (_count(row.get("epoch")) and row["epoch"] >= 1):
+            return f"history row {i + 1} has no epoch number: {row.get('epoch')!r}"
+        for key in rundir.HISTORY_FIELDS[1:]:
+            v = row.get(key)
+            if v is not None and not (_number(v) or (isinstance(v, float) and math.isnan(v))):
+                return f"history row {i + 1}: {key} is not a number: {v!r}"
+    return None
+
+
+def _retire_metrics(run_dir: Path, epochs: int) -> None:
+    """An extended run's old test figures are kept as metrics.<N>-epochs.json: left as metrics.json,
+    they said the run was finished while its new epochs were not (a Ctrl-C then printed a resume
+    command that answered "already finished", #43)."""
+    old = run_dir / "metrics.json"
+    if old.is_file():
+        os.replace(old, run_dir / f"metrics.{epochs}-epochs.json")
 
 
 def _derive_best(run_dir: Path, loop: Loop, progress) -> None:

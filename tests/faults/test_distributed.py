@@ -44,6 +44,9 @@ def test_two_processes_train_as_one_and_a_killed_one_ends_the_other(run_cnn, tmp
     for p, (out, err) in zip(job, outs):
         assert p.returncode == 0 and "Traceback" not in err, err
     assert "Gloo" not in outs[0][0] + outs[1][0]  # stdout stays the results'
+    # docs/distributed.md: the first process prints; the others only errors (#43: "run directory: None").
+    assert "run directory: " in outs[0][0] and "done in" in outs[0][0]
+    assert outs[1][0].strip() == "" and outs[1][1].strip() == "", outs[1]
     rc, _, err = run_cnn(*ARGS, "--epochs", "2", "--out", tmp_path / "one", "--name", "one")
     assert rc == 0, err
     two, one = params(tmp_path / "two" / "job"), params(tmp_path / "one" / "one")

@@ -91,6 +91,83 @@ def test_wrong_typed_checkpoint_values(run_cnn, trained):
     one_line(err, 2, rc, "damaged or foreign loop record")
 
 
+def _meta_edit(edit):
+    def apply(b):
+        meta = json.loads(b["meta"])
+        edit(meta["loop"])
+        b["meta"] = json.dumps(meta)
+    return apply
+
+
+# Each field of the loop record read back from disk, with a wrong type or range (#43: each was a traceback).
+CRAFTED_LOOPS = {
+    "best": (lambda loop: loop.__setitem__("best_value", "high"), "best_value"),
+    "partial": (lambda loop: loop.__setitem__("partial", ["a", "b", "c"]), "partial"),
+    "history ints": (lambda loop: loop.__setitem__("history", [1, 2]), "history row 1"),
+    "history epoch": (lambda loop: loop["history"][0].__setitem__("epoch", "x"), "epoch"),
+    "val_accuracy": (lambda loop: loop["history"][0].__setitem__("val_accuracy", "0.9"), "val_accuracy"),
+    "negative step": (lambda loop: loop.__setitem__("global_step", -3), "global_step"),
+    "boolean epoch": (lambda loop: loop.__setitem__("epoch", True), "epoch"),
+    "unknown field": (lambda loop: loop.__setitem__("evil", 1), "evil"),
+}
+
+
+def test_crafted_loop_records_are_one_line_and_the_run_resumes_once_restored(run_cnn, trained):
+    last = trained / "checkpoints" / "last.msgpack"
+    good = last.read_bytes()
+    for case, (edit, needle) in CRAFTED_LOOPS.items():
+        _rewrite(last, _meta_edit(edit))
+        rc, _, err = run_cnn("train", "--resume", trained, "--epochs", "2")
+        one_line(err, 2, rc, "damaged or foreign loop record", str(last), needle)
+        last.write_bytes(good)
+    rc, _, err = run_cnn("train", "--resume", trained, "--epochs", "2")
+    assert rc == 0 and (trained / "metrics.json").is_file(), err
+
+
+def test_complex_weights_are_refused(run_cnn, trained):
+    last = trained / "checkpoints" / "best.msgpack"
+    name = next(k for k in checkpoint.load(last)[1] if k.startswith("params/"))
+    _rewrite(last, lambda b: b["state"].__setitem__(name, b["state"][name].astype(np.complex64)))
+    rc, _, err = run_cnn("evaluate", trained)
+    one_line(err, 2, rc, str(last), name, "complex64")
+
+
+def test_a_full_cache_disk_mid_array_names_the_file(run_cnn, monkeypatch, tmp_path, fresh_cache):
+    """numpy's own full-disk error names no file and no errno ('Not enough free space to write N bytes')."""
+    def full(*args, **kwargs):
+        raise OSError("Not enough free space to write 47040000 bytes after offset 128")
+
+    import cnncli.data.cache as cache
+
+    monkeypatch.setattr(cache.np, "save", full)
+    rc, _, err = train(run_cnn, tmp_path / "runs")
+    one_line(err, 1, rc, "No space left on device", str(fresh_cache), ".npy", "free some space")
+    assert not list(fresh_cache.rglob(".*.tmp"))
+    monkeypatch.undo()
+    monkeypatch.setenv("CNN_CACHE_DIR", str(fresh_cache))
+    rc, _, err = train(run_cnn, tmp_path / "runs", name="r2")
+    assert rc == 0, err
+
+
+def test_a_read_only_run_names_the_users_file_not_a_temporary_one(run_cnn, trained, monkeypatch):
+    import errno
+    import tempfile
+
+    def refuse(*args, prefix="", dir=None, **kwargs):  # what mkstemp raises in a read-only folder
+        raise PermissionError(errno.EACCES, "Permission denied", str(Path(dir) / f"{prefix}tmweom3a.tmp"))
+
+    monkeypatch.setattr(tempfile, "mkstemp", refuse)
+    rc, _, err = run_cnn("evaluate", trained)
+    one_line(err, 1, rc, "Permission denied")
+    assert ".tmp" not in err and str(trained) in err
+
+
+def test_cnn_data_dir_naming_no_folder_is_one_line(run_cnn, monkeypatch, tmp_path):
+    monkeypatch.setenv("CNN_DATA_DIR", str(tmp_path / "nonexistent"))
+    rc, _, err = run_cnn("train", "--dataset", "mnist", "--limit", "300", "--epochs", "1", "--out", tmp_path)
+    one_line(err, 2, rc, str(tmp_path / "nonexistent"), "$CNN_DATA_DIR", "does not exist")
+
+
 def test_nan_weights_are_refused_by_evaluate_and_predict(run_cnn, trained, tmp_path):
     for which in ("best", "last"):
         path = trained / "checkpoints" / f"{which}.msgpack"

@@ -5,6 +5,7 @@ The signalled run is a process of its own; what follows it (resume, a second wri
 one, where JAX is already warm.
 """
 
+import json
 import os
 import signal
 import subprocess
@@ -105,3 +106,17 @@ def test_a_process_started_with_ctrl_c_ignored_keeps_ignoring_it():
         assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
     finally:
         signal.signal(signal.SIGINT, before)
+
+
+def test_ctrl_c_while_an_extended_run_is_tested_then_its_resume_command_finishes(run_cnn, tmp_path):
+    """#43: the epoch-1 metrics.json stayed beside the epoch-2 checkpoints, so the printed resume
+    command answered 'already finished'. The old figures are kept under another name."""
+    run = tmp_path / "r"
+    rc, _, err = run_cnn(*DIGITS, "--epochs", "1", "--tta-flip", "--out", tmp_path, "--name", "r")
+    assert rc == 0, err
+    r = cli("train", "--resume", run, "--epochs", "2", env=kill_at("test-evaluation", "INT"))
+    one_line(r.stderr, 130, r.returncode, "interrupted", f"cnn train --resume {run}")
+    assert not (run / "metrics.json").exists() and (run / "metrics.1-epochs.json").is_file()
+    rc, out, err = run_cnn("train", "--resume", run)  # the command the message printed
+    assert rc == 0 and "training is complete; testing the best epoch" in out, err
+    assert json.loads((run / "metrics.json").read_text())["epochs"] == 2
