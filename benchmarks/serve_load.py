@@ -1,6 +1,6 @@
 """`cnn serve` under load: concurrent one-image requests against `cnn predict` on a folder of the same images.
 
-    python benchmarks/serve_load.py RUN_DIR [--clients 8 --requests 2000 --bad 200] [--client wrk|python]
+    python benchmarks/serve_load.py RUN_DIR [--clients 8 --requests 2000 --bad 200] [--client wrk|python] [--vs onnxruntime]
 
 RUN_DIR is an MNIST run (the images are MNIST's test digits, from $CNN_DATA_DIR). Steps, in one run
 so that the ratio compares the two on the same machine at the same hour:
@@ -13,6 +13,9 @@ so that the ratio compares the two on the same machine at the same hour:
    shuffled order with `--bad` bad ones mixed in (an HTML page named .jpg, an empty body, a
    truncated JPEG): each good one must get 200 and the class `cnn predict` gave, each bad one a
    4xx. The server's resident memory is sampled every 0.25 s.
+4. With `--vs onnxruntime`: the run's ONNX export behind the smallest FastAPI app that runs it
+   (benchmarks/onnx_serve.py), started, warmed and loaded the same way by the same client, in the
+   same run: what a user would deploy instead of `cnn serve`.
 Prints a summary naming the client that produced it and one JSON line with every figure. Not a
 test: the figures depend on the machine.
 """
@@ -50,6 +53,9 @@ def parse_args():
     p.add_argument("--max-wait-ms", type=float, default=5.0)
     p.add_argument("--client", choices=["auto", "wrk", "python"], default="auto",
                    help="load generator: wrk where installed (auto), else this file's asyncio client")
+    p.add_argument("--vs", choices=["onnxruntime"], default=None,
+                   help="also load the run's ONNX export behind the smallest FastAPI app (onnx_serve.py), "
+                        "same client, same run")
     return p.parse_args()
 
 
@@ -116,21 +122,20 @@ def main() -> None:
             (folder / f"{i:05d}.png").write_bytes(b)
         predict_ips, classes = predict_rate(args.run_dir, folder)
         Path(d, "work.json").write_text(json.dumps(dict(work=work, classes=classes)))
-        with served(args) as (port, pid):
-            load(client, port, args.clients, d, warm=True)  # connections, caches, the loop's first requests
-            memory, stop = [], threading.Event()
-
-            def sample():
-                while not stop.is_set():
-                    memory.append(rss_mb(pid))
-                    time.sleep(0.25)
-
-            sampler = threading.Thread(target=sample, daemon=True)
-            sampler.start()
-            out = load(client, port, args.clients, d)
-            stop.set()
-            sampler.join()
-            health = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/health").read())
+        cnn_serve = [sys.executable, "-m", "cnncli.cli", "serve", args.run_dir, "--max-batch", str(args.max_batch),
+                     "--max-wait-ms", str(args.max_wait_ms), "--port"]
+        out, memory, health = measure_server(cnn_serve, client, args.clients, d)
+        peer = None
+        if args.vs == "onnxruntime":
+            model = Path(d, "model.onnx")
+            subprocess.run([sys.executable, "-m", "cnncli.cli", "export", args.run_dir, "--format", "onnx",
+                            "--out", str(model)], check=True, capture_output=True)
+            peer_cmd = [sys.executable, str(Path(__file__).with_name("onnx_serve.py")), str(model)]
+            peer_out, peer_memory, _ = measure_server(peer_cmd, client, args.clients, d)
+            peer = dict(images_per_s=round(peer_out["good"] / peer_out["seconds"], 1), errors=peer_out["errors"],
+                        bad_answered_4xx=peer_out["bad_4xx"],
+                        latency_ms={k: round(v, 1) for k, v in peer_out["latency_ms"].items()},
+                        rss_mb=dict(start=round(peer_memory[0], 1), end=round(peer_memory[-1], 1)))
 
     serve_ips = out["good"] / out["seconds"]
     cpu = cpu_info()
@@ -150,25 +155,54 @@ def main() -> None:
     print(f"  latency p50 {lat['p50']:.1f} ms, p90 {lat['p90']:.1f} ms, p99 {lat['p99']:.1f} ms ({out['latency_of']})")
     print(f"  server memory (RSS) {memory[0]:.0f} MB at the start, {memory[-1]:.0f} MB at the end, max {max(memory):.0f}")
     print(f"  {row['images_per_batch']} images per batched call on average")
+    if peer is not None:
+        row["onnxruntime_fastapi"] = peer
+        row["vs_onnxruntime"] = round(serve_ips / peer["images_per_s"], 3)
+        pl = peer["latency_ms"]
+        print(f"onnxruntime peer (the ONNX export in the smallest FastAPI app, benchmarks/onnx_serve.py), same client:")
+        print(f"  errors {peer['errors']}; bad requests answered 4xx: {peer['bad_answered_4xx']}/{args.bad}")
+        print(f"  throughput {peer['images_per_s']:.0f} images/s; cnn serve {serve_ips / peer['images_per_s']:.2f}x "
+              f"that; latency p50 {pl['p50']:.1f} ms, p90 {pl['p90']:.1f} ms, p99 {pl['p99']:.1f} ms "
+              f"(cnn serve's p99 {lat['p99']:.1f})")
     print(json.dumps(row))
 
 
+def measure_server(cmd: list[str], client: str, clients: int, d: str):
+    """Start the server `cmd + [port]`, warm it, load it with the work in `d`: (summary, RSS samples, /health)."""
+    with served(cmd) as (port, pid):
+        load(client, port, clients, d, warm=True)  # connections, caches, the loop's first requests
+        memory, stop = [], threading.Event()
+
+        def sample():
+            while not stop.is_set():
+                memory.append(rss_mb(pid))
+                time.sleep(0.25)
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+        out = load(client, port, clients, d)
+        stop.set()
+        sampler.join()
+        health = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/health").read())
+    return out, memory, health
+
+
 @contextlib.contextmanager
-def served(args):
-    """`cnn serve RUN_DIR` on a free loopback port, up and answering: (port, pid)."""
+def served(cmd: list[str]):
+    """The server `cmd + [port]` on a free loopback port, up, answering and warmed up: (port, pid)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     log = tempfile.TemporaryFile()
-    server = subprocess.Popen([sys.executable, "-m", "cnncli.cli", "serve", args.run_dir, "--port", str(port),
-                               "--max-batch", str(args.max_batch), "--max-wait-ms", str(args.max_wait_ms)],
-                              stdout=log, stderr=subprocess.STDOUT)
+    server = subprocess.Popen([*cmd, str(port)], stdout=log, stderr=subprocess.STDOUT)
     try:
         deadline = time.time() + 300
         while True:
             try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)
-                break
+                health = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2).read())
+                if health.get("ready", True):  # cnn serve answers while it warms up: wait for that too
+                    break
+                time.sleep(0.3)
             except OSError:
                 if server.poll() is not None or time.time() > deadline:
                     log.seek(0)
