@@ -52,6 +52,9 @@ def bench(
 
     from .. import tuner
 
+    from ..runtime import setup_jax
+
+    setup_jax()  # the compilation cache (a re-measure with --tune loads its candidates from it)
     peak, cpu = B.matmul_peak_gflops(precision=precision), B.cpu_info()
     flops = flops_per_image(arch, shape, k)
     setup = B._Setup(arch, shape, k, precision=precision)

@@ -172,6 +172,9 @@ def _inference_precision(requested, step, state, batch_shape) -> tuple[str, str]
 
 def load_run(run_dir, which: str = "best") -> Run:
     """Rebuild the model from `config.json` and load `checkpoints/<which>` (falls back to `last`)."""
+    from ..runtime import setup_jax
+
+    setup_jax()  # the compilation cache: evaluate, predict, serve... compiled every program afresh
     from .. import calibrate
     from ..models import abstract_model, get_arch
     from . import checkpoint
