@@ -30,6 +30,7 @@ import time
 from pathlib import Path
 
 from .errors import CnnError
+from .timing import Timer, interleave, rates  # noqa: F401 - the peers' steps are timed alike
 from .runtime import user_xla_flags
 
 BENCH_DIR = Path(__file__).resolve().parent.parent / "benchmarks"
@@ -66,23 +67,9 @@ def cpu_info(cpuinfo: str | None = None) -> dict:
     Same-run ratios are what compare; but figures move with the host (oneDNN lost 4x on one
     2-core VM, and XLA gains less than oneDNN from AVX-512), so every run says what it ran on.
     """
-    import platform
+    from .host import cpu
 
-    if cpuinfo is None:
-        try:
-            cpuinfo = Path("/proc/cpuinfo").read_text()
-        except OSError:  # not Linux
-            cpuinfo = ""
-    fields = {}
-    for line in cpuinfo.splitlines():  # one block per logical CPU; the first one's values
-        key, colon, value = line.partition(":")
-        if colon:
-            fields.setdefault(key.strip(), value.strip())
-    flags = set(fields.get("flags", "").split())
-    isa = next((name for flag, name in (("avx512f", "AVX-512"), ("avx2", "AVX2"), ("avx", "AVX")) if flag in flags),
-               platform.machine() or "unknown")
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return dict(model=fields.get("model name") or platform.processor() or "unknown", cores=cores, isa=isa)
+    return cpu(cpuinfo)
 
 
 def startup_seconds(repeats: int = 3) -> float:
@@ -93,48 +80,6 @@ def startup_seconds(repeats: int = 3) -> float:
         subprocess.run([sys.executable, "-m", "cnncli.cli", "--help"], capture_output=True, check=True)
         times.append(time.perf_counter() - t)
     return statistics.median(times)
-
-
-class Timer:
-    """One framework's step, compiled and warmed up: `block(steps)` times `steps` steps (seconds)."""
-
-    def __init__(self, run_step, sync, warmup: int):
-        t = time.perf_counter()
-        sync(run_step())
-        self.compile_s = time.perf_counter() - t
-        t = time.perf_counter()
-        for _ in range(warmup):
-            out = run_step()
-        if warmup:
-            sync(out)
-        self.warmup_s = time.perf_counter() - t
-        self.run_step, self.sync = run_step, sync
-
-    def block(self, steps: int) -> float:
-        t = time.perf_counter()
-        for _ in range(steps):
-            out = self.run_step()
-        self.sync(out)
-        return time.perf_counter() - t
-
-
-def interleave(blocks: dict, repeats: int, steps: int, progress=None) -> dict[str, list[float]]:
-    """name -> seconds of each of its `repeats` groups; round r runs the groups in an order rotated by
-    r, so a slower minute of the machine falls on every framework alike. `progress()` after each group."""
-    names, seconds = list(blocks), {name: [] for name in blocks}
-    for r in range(repeats):
-        for name in names[r % len(names):] + names[: r % len(names)]:
-            seconds[name].append(blocks[name](steps))
-            if progress is not None:
-                progress()
-    return seconds
-
-
-def rates(seconds: list[float], batch_size: int, steps: int) -> dict:
-    """images/s median/min/max of timed groups."""
-    per_group = [steps * batch_size / s for s in seconds]
-    return dict(images_per_s=statistics.median(per_group), images_per_s_min=min(per_group),
-                images_per_s_max=max(per_group), repeats=len(seconds), steps=steps)
 
 
 class _Setup:

@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, Iterable
 
 from .errors import CnnError
+from .formats import NAMES as FORMAT_NAMES
+from .precision import NAMES
 
 
 def _num(v) -> str:
@@ -142,8 +145,8 @@ def _percent(value: float) -> str | None:
 # A list whose natural home (predict.py) imports NumPy: the CLI needs it at import, and `cnn --help`
 # must not pay ~0.2 s for NumPy.
 INVERT_CHOICES = ("auto", "yes", "no")  # digit photos: turn dark-on-light into light-on-dark?
-EXPORT_FORMATS = ("onnx", "stablehlo", "savedmodel", "tflite")  # export.FORMATS' keys, in its order
-EXPORT_PRECISIONS = ("fp32", "bf16")  # what an exported graph computes in (export.py)
+EXPORT_FORMATS = FORMAT_NAMES  # formats.py's table
+EXPORT_PRECISIONS = NAMES  # what an exported graph computes in (export.py)
 
 # The rules several options share.
 POSITIVE = Range(0, lo_open=True)
@@ -156,3 +159,15 @@ SEED = Integer()  # -1 and 2**70 alike: users type whatever seed they like
 
 def choice(values: Iterable[str], **kw) -> Choice:
     return Choice(tuple(values), **kw)
+
+
+def check_name(name: str) -> None:
+    """A run name is one folder name: `--name a/b` or `../x` would write outside --out."""
+    if not name or name in (".", "..") or "/" in name or "\\" in name or "\0" in name:
+        raise CnnError(f"--name must be a single folder name (no '/', no '..'), not {name!r}")
+
+
+def check_out(out: str) -> None:
+    """--out holds run directories: a file there is a mistake to say before any work, not after."""
+    if Path(out).exists() and not Path(out).is_dir():
+        raise CnnError(f"--out {out} is a file; --out names the folder that holds run directories")

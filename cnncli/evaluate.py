@@ -8,7 +8,6 @@ predictions, so they equal what scikit-learn prints for the same predictions.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -95,7 +94,9 @@ def evaluate(run_dir, split: str | None = None, dataset: str | None = None, chec
     notes += notes2
     with task_progress(f"scoring {ds.name} {split}", len(y), "images", show_below=SHOW_BAR_FROM) as advance:
         probs = np.concatenate([run.probabilities(x, progress=advance) for x in rows.xs])[rows.order]
-    used, epoch = _checkpoint_used(Path(run_dir), checkpoint)
+    from .train.rundir import checkpoint_used
+
+    used, epoch = checkpoint_used(Path(run_dir), checkpoint)
     ev = Evaluation(str(run_dir), ds.name, split, rows.described, rows.sizes, used, epoch, list(run.classes),
                     int(len(y)), notes=notes, **metrics(y, probs, run.classes))
     if write:
@@ -249,20 +250,6 @@ def _labels_in_model_order(y: np.ndarray, ds_classes: list[str], model_classes: 
         return index[np.asarray(y)], ["the data set lists the classes in another order: labels matched by name"]
     return np.asarray(y), [f"class names differ ({', '.join(ds_classes)} vs the model's "
                            f"{', '.join(model_classes)}): compared by index"]
-
-
-def _checkpoint_used(run_dir: Path, which: str) -> tuple[str, int | None]:
-    """Which checkpoint `load_run` loaded (it falls back on `last`) and the epoch it holds."""
-    from .train import read_history
-
-    used = which if (run_dir / "checkpoints" / f"{which}.msgpack").is_file() else "last"
-    if used == "best":
-        p = run_dir / "metrics.json"
-        if p.is_file():
-            return used, json.loads(p.read_text()).get("best_epoch")
-        return used, None
-    hist = read_history(run_dir)
-    return used, int(hist[-1]["epoch"]) if hist else None
 
 
 def output_tag(dataset: str | None, split: str, checkpoint: str) -> str:

@@ -34,6 +34,7 @@ import numpy as np
 
 from .checks import EXPORT_PRECISIONS, choice
 from .errors import CnnError
+from .formats import FORMATS, described, of_path
 from .fsutil import atomic_path, write_json
 
 FORMAT_VERSION = 1
@@ -45,25 +46,9 @@ TOLERANCE = 1e-4  # the largest difference from the run's probabilities `check` 
 PROBE = 3  # images in the check's batch: not the traced size, so the dynamic batch is exercised too
 
 
-@dataclass(frozen=True)
-class Format:
-    suffix: str  # appended to the checkpoint's name: best.onnx, best_savedmodel (a directory)
-    needs: str | None  # the module the converter needs, from the `export` extra (None: JAX alone)
-    inline_meta: bool  # metadata inside the file (else the JSON beside it)
-    bf16: bool  # the runtime runs bfloat16 convolutions (onnxruntime's and TFLite's CPU kernels do not)
-
-
-FORMATS = {
-    "onnx": Format(".onnx", "jax2onnx", True, False),
-    "stablehlo": Format(".stablehlo", None, False, True),
-    "savedmodel": Format("_savedmodel", "tensorflow", False, True),
-    "tflite": Format(".tflite", "tensorflow", False, False),
-}
-
-
 def export(run_dir, fmt: str, out=None, checkpoint: str = "best", precision: str = "fp32") -> dict:
     """Write the run in `run_dir` as `fmt`, check it in its runtime; {file, metadata, format, max_abs_diff}."""
-    from .evaluate import _checkpoint_used
+    from .train.rundir import checkpoint_used
     from .train import load_run
     from .train.rundir import CHECKPOINTS
 
@@ -79,7 +64,7 @@ def export(run_dir, fmt: str, out=None, checkpoint: str = "best", precision: str
     # The check compares like with like: the run in the export's precision, not in the one `auto`
     # would time as faster here (bf16 on AMX: ~5e-3 from fp32, fifty times the tolerance).
     run.precision = precision
-    used, epoch = _checkpoint_used(Path(run_dir), checkpoint)
+    used, epoch = checkpoint_used(Path(run_dir), checkpoint)
     path = Path(out) if out else Path(run_dir) / "export" / (used + ("_bf16" if precision == "bf16" else "")
                                                             + FORMATS[fmt].suffix)
     meta = metadata(run, used, epoch, precision)
@@ -151,7 +136,7 @@ def temperature(run) -> float:
 def write(fn, fmt: str, input_shape, path: Path, meta: dict | None = None) -> None:
     """Convert `fn` (uint8 images -> probabilities) to `fmt` at `path` with `meta` (the format's writer)."""
     with quiet_stderr():  # TensorFlow's CUDA probe line, while it traces on a CPU-only build
-        _WRITERS[fmt](fn, input_spec(input_shape), Path(path), meta or {})
+        globals()[FORMATS[fmt].writer](fn, input_spec(input_shape), Path(path), meta or {})
 
 
 def input_spec(input_shape):
@@ -283,7 +268,6 @@ def _tflite(fn, spec, path: Path, meta: dict) -> None:
     write_bytes(path, flat)
 
 
-_WRITERS = {"onnx": _onnx, "stablehlo": _stablehlo, "savedmodel": _savedmodel, "tflite": _tflite}
 
 
 def _tensorflow():
@@ -420,12 +404,11 @@ def load_export(path) -> Exported:
     path = Path(path)
     if not path.exists():
         raise CnnError(f"{path} does not exist")
-    fmt = ("savedmodel" if path.is_dir() else
-           {".onnx": "onnx", ".stablehlo": "stablehlo", ".tflite": "tflite"}.get(path.suffix))
+    fmt = of_path(path)
     if fmt is None:
-        raise CnnError(f"{path} is not an export (.onnx, .stablehlo, .tflite or a SavedModel directory)")
+        raise CnnError(f"{path} is not an export ({described()})")
     try:
-        meta, call = _LOADERS[fmt](path)
+        meta, call = globals()[FORMATS[fmt].loader](path)
     except CnnError:
         raise
     except ImportError as e:
@@ -506,7 +489,6 @@ def _tflite_interpreter(path: Path):
     return Interpreter(model_path=str(path))
 
 
-_LOADERS = {"onnx": _load_onnx, "stablehlo": _load_stablehlo, "savedmodel": _load_savedmodel, "tflite": _load_tflite}
 
 
 def check(run, path: Path, tolerance: float = TOLERANCE) -> float:

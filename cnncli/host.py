@@ -71,3 +71,8 @@ def data_root() -> Path:
     """Where local data set files live: $CNN_DATA_DIR, else ~/.cache/cnn/data (where `cnn download` puts them)."""
     env = os.environ.get(DATA_ENV)
     return Path(env).expanduser() if env else Path.home() / ".cache" / "cnn" / "data"
+
+
+def data_dir_named() -> str | None:
+    """The folder $CNN_DATA_DIR names, as typed, or None: commands that say where data came from."""
+    return os.environ.get(DATA_ENV) or None

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import ctypes
 import os
-from pathlib import Path
 
 _done = False
 
@@ -30,7 +29,9 @@ def setup_jax() -> None:
     tune_xla()  # a no-op once `cnn`'s entry point ran it; for library users, in time if nothing computed yet
     import jax
 
-    cache = Path(os.environ.get("CNN_CACHE_DIR", Path.home() / ".cache" / "cnn")) / "xla"
+    from .host import cache_root
+
+    cache = cache_root() / "xla"
     jax.config.update("jax_compilation_cache_dir", str(cache))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
     from . import distributed

@@ -328,10 +328,10 @@ def model_info(model, checkpoint: str = "best") -> dict:
     """GET /model's body: the export's metadata, or the same document made from a run directory."""
     if hasattr(model, "meta"):
         return dict(model.meta)
-    from .evaluate import _checkpoint_used
+    from .train.rundir import checkpoint_used
     from .export import metadata
 
-    used, epoch = _checkpoint_used(Path(model.dir), checkpoint)
+    used, epoch = checkpoint_used(Path(model.dir), checkpoint)
     return metadata(model, used, epoch)
 
 

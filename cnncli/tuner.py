@@ -30,7 +30,6 @@ from pathlib import Path
 VERSION = 1
 # Per candidate: timed calls after the compiling one, stopping early once this many seconds went.
 REPEATS, BUDGET_S = 7, 0.15
-FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "amx_tile", "amx_bf16", "amx_int8", "asimd", "sve")
 
 _table: dict | None = None  # key -> {"choice": name, "ms": {name: ms}} for this host
 _plain = 0
@@ -41,21 +40,6 @@ _fresh: set[str] = set()  # keys measured by this process (a retune measures eac
 _used: dict[str, str] = {}  # op key -> the candidate this process traced with (measured or read)
 
 
-def cpu_flags(cpuinfo: str | None = None) -> tuple[str, dict]:
-    """(model name, {field: value}) of the first CPU in /proc/cpuinfo; ('', {}) where there is none."""
-    if cpuinfo is None:
-        try:
-            cpuinfo = Path("/proc/cpuinfo").read_text()
-        except OSError:  # not Linux
-            cpuinfo = ""
-    fields: dict[str, str] = {}
-    for line in cpuinfo.splitlines():  # one block per logical CPU; the first one's values
-        key, colon, value = line.partition(":")
-        if colon:
-            fields.setdefault(key.strip(), value.strip())
-    return fields.get("model name", ""), fields
-
-
 def host(cpuinfo: str | None = None) -> dict:
     """What decides which formulation is fastest: CPU model and ISA, cores, jax, XLA's flags."""
     import platform
@@ -63,11 +47,11 @@ def host(cpuinfo: str | None = None) -> dict:
     import jax
     import jaxlib
 
-    model, fields = cpu_flags(cpuinfo)
-    flags = set((fields.get("flags") or fields.get("Features") or "").split())
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return dict(cpu=model or platform.processor() or platform.machine(), isa=sorted(flags & set(FLAGS)),
-                cores=cores, backend=jax.default_backend(), jax=jax.__version__, jaxlib=jaxlib.__version__,
+    from . import host as machine
+
+    model, _ = machine.cpu_fields(cpuinfo)
+    return dict(cpu=model or platform.processor() or platform.machine(),
+                isa=sorted(machine.flags(cpuinfo) & set(machine.ISA_FLAGS)), cores=machine.cores(), backend=jax.default_backend(), jax=jax.__version__, jaxlib=jaxlib.__version__,
                 xla_flags=os.environ.get("XLA_FLAGS", ""), tuner=VERSION, kernels=_kernels_version())
 
 
@@ -84,7 +68,7 @@ def host_id(h: dict) -> str:
 
 
 def path() -> Path:
-    from .data.cache import cache_root
+    from .host import cache_root
 
     return cache_root() / "tuning.json"
 
@@ -229,7 +213,9 @@ def _cache_every_compile():
 
 
 def _cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    from .host import cores
+
+    return cores()
 
 
 def _time(fn, args, best: float) -> float:

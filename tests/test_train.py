@@ -330,13 +330,13 @@ def test_photo_defaults_of_an_arch_never_mirror_digits():
 def test_time_budget_picks_the_epochs_that_fit(monkeypatch):
     from types import SimpleNamespace
 
-    from cnncli.train import engine
+    from cnncli.train import budget as planner
     from cnncli.train.feed import mesh
 
     # A fake clock that only the step moves: compiling costs 5 s, then steps take 1 s, but for one
     # hiccup of 9 s that the median ignores.
     clock, calls = [0.0], [0]
-    monkeypatch.setattr(engine.time, "perf_counter", lambda: clock[0])
+    monkeypatch.setattr(planner.time, "perf_counter", lambda: clock[0])
 
     def step(state, metrics, *batch):
         calls[0] += 1
@@ -347,7 +347,7 @@ def test_time_budget_picks_the_epochs_that_fit(monkeypatch):
 
     def budget(minutes, epochs):
         clock[0], calls[0] = 0.0, 0
-        return engine._epochs_within_budget(resolve(dict(time_budget=minutes, epochs=epochs)), step, {}, feeder, 10, 20)
+        return planner.epochs_within_budget(resolve(dict(time_budget=minutes, epochs=epochs)), step, {}, feeder, 10, 20)
 
     # 20 s an epoch (20 steps of 1 s: the median of 8 groups of 2, one of them 10 s); 7 s to compile and
     # warm up, 31 s spent in all (19 steps); the real run's first steps (7 s) again:

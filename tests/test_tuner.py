@@ -11,7 +11,7 @@ import pytest
 
 from cnncli import tuner
 from cnncli.models import layers
-from cnncli.train import precision
+from cnncli import precision
 
 
 @pytest.fixture

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Annotated, Optional
 
 from .. import bench as B  # standard library only: its peer list is --vs's choices
+from ..precision import NAMES
 from ..checks import AT_LEAST_1, NON_NEGATIVE, Choice, ChoiceList, Range, split_list
 from .options import Arch, BatchSize, DataDir, Dataset, option
 
@@ -33,7 +34,7 @@ def bench(
     pipeline: Annotated[bool, option("--pipeline/--no-pipeline", help="Also time real batches from the data set.",
                                      is_flag=True)] = True,
     data_dir: DataDir = None,
-    precision: Annotated[str, option("--precision", rule=Choice(("fp32", "bf16")),
+    precision: Annotated[str, option("--precision", rule=Choice(NAMES),
                                      help="cnn's and the peers' alike: bf16 is Keras' mixed_bfloat16 policy and "
                                           "PyTorch's autocast.")] = "fp32",
     tune: Annotated[bool, option("--tune", help="Measure every layer's formulations again on this CPU first.",

@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
+from ..host import data_dir_named
 from ..errors import CnnError
 from ..checks import AT_LEAST_1, ChoiceList
 from ..train.config import DATASET
@@ -36,9 +37,7 @@ def _seeds(seed: int, repeats: int) -> list[int]:
 
 
 def _data_dir(data_dir: Optional[Path]) -> Optional[str]:
-    import os
-
-    return str(data_dir) if data_dir else os.environ.get("CNN_DATA_DIR") or None
+    return str(data_dir) if data_dir else data_dir_named()
 
 
 def _command_line() -> str:

@@ -15,6 +15,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from ..host import data_dir_named
 from ..errors import CnnError
 from ..train.config import options as config_fields
 from .options import Json, config_option, option
@@ -83,7 +84,7 @@ def _resolve(typed: dict, config: Path | None, o):
     from ..train import resolve
 
     base = _read_config(config) if config is not None else None
-    env_dir = os.environ.get("CNN_DATA_DIR")
+    env_dir = data_dir_named()
     if "data_dir" not in typed and base is None and env_dir and os.path.isdir(env_dir):
         typed["data_dir"] = env_dir  # recorded, so a rerun reads the same files
     recipe = typed.get("recipe")

@@ -24,7 +24,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import os
 import re
 import shutil
 import time
@@ -34,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..host import cache_root  # the data sets' arrays live under it
 from .. import locks
 from ..faultpoints import point
 from ..fsutil import atomic_path, write_json
@@ -41,9 +41,6 @@ from ..fsutil import atomic_path, write_json
 CACHE_VERSION = 1  # bump when the meaning of cached arrays changes
 
 
-def cache_root() -> Path:
-    env = os.environ.get("CNN_CACHE_DIR")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "cnn"
 
 
 def arrays_root() -> Path:

@@ -15,11 +15,11 @@ cache does not exist yet) picks exactly the images the same run would pick from 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-import os
 from pathlib import Path
 
 import numpy as np
 
+from ..host import data_dir_named
 from ..errors import CnnError
 from . import cache
 from .registry import DatasetSpec, get_spec
@@ -92,7 +92,7 @@ def load_dataset(
     spec = get_spec(name_or_path)
     prep = _requested_prep(spec, image_size)
     source = locate(spec, data_dir)
-    named, by = (data_dir, "--data-dir") if data_dir is not None else (os.environ.get("CNN_DATA_DIR"), "$CNN_DATA_DIR")
+    named, by = (data_dir, "--data-dir") if data_dir is not None else (data_dir_named(), "$CNN_DATA_DIR")
     if source is None and named and not Path(named).expanduser().is_dir():
         # Not the cache's copy of some other folder, without a word: the user named this one.
         raise CnnError(f"data folder {named} (from {by}) does not exist; "

@@ -118,9 +118,10 @@ def get_spec(name_or_path: str | os.PathLike) -> DatasetSpec:
 
 
 def default_data_dir() -> Path:
-    """Where local data set files live: $CNN_DATA_DIR, else ~/.cache/cnn/data."""
-    env = os.environ.get("CNN_DATA_DIR")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "cnn" / "data"
+    """Where local data set files live: $CNN_DATA_DIR, else ~/.cache/cnn/data (host.py)."""
+    from ..host import data_root
+
+    return data_root()
 
 
 def tfds_data_dir() -> Path:

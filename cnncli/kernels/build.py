@@ -67,7 +67,7 @@ def key(prefix: Path) -> str:
 
 def library() -> Path:
     """The built library for this source, jaxlib and oneDNN, building it first if needed."""
-    from ..data.cache import cache_root
+    from ..host import cache_root
 
     prefix = onednn_prefix()
     out = cache_root() / "kernels" / key(prefix) / "libcnnkernels.so"

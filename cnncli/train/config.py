@@ -9,18 +9,19 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
-from ..checks import (AT_LEAST_1, FRACTION_BELOW_1, NON_NEGATIVE, POSITIVE, SEED, Folder, Range,
-                      choice)
+from ..checks import (AT_LEAST_1, FRACTION_BELOW_1, NON_NEGATIVE, POSITIVE, SEED, Folder, Range, check_name,
+                      check_out, choice)
 from ..data.registry import DATASETS
 from ..errors import CnnError
 from ..models.registry import ACTIVATION_CHOICES, ARCHS
+from ..precision import CHOICES
 from ..recipes import RECIPES
 
 OPTIMIZERS = ("adam", "rmsprop", "sgd", "adadelta", "adagrad", "adamw", "nadam")
 SCHEDULES = ("constant", "cosine", "onecycle")
 AUGMENTS = ("flip", "altflip", "shift", "crop", "rrc", "rotate", "zoom", "color")
 RRC_MIN_SCALE = 0.25  # rrc's default smallest crop, as a share of the image's area
-PRECISIONS = ("fp32", "bf16", "auto")
+PRECISIONS = CHOICES  # --precision: precision.py is their home
 
 
 RECORDED_NOT_OPTIONS = {"extra", "data", "cnn_version"}  # what config.json holds besides the options
@@ -134,8 +135,6 @@ class TrainConfig:
         scale_list(self.tta_scales)  # raises on a bad list
         if self.freeze and not self.init_from:
             raise CnnError("--freeze features needs --init-from RUN_DIR")
-        from .rundir import check_name, check_out
-
         check_out(self.out)
         if self.name is not None:
             check_name(self.name)

@@ -31,7 +31,8 @@ from ..tables import sig
 from . import checkpoint, rundir
 from .config import TrainConfig, augment_list, crop_pad, scale_list, seed_value
 from .optim import DEFAULT_LR, learning_rate, make_optimizer, norm_bias_mask
-from .feed import Feeder, mesh as make_mesh, put
+from .budget import epochs_within_budget
+from .feed import Feeder, mesh as make_mesh, order, put
 from .logs import EpochLog
 from .progress import Progress
 from .step import TrainState, make_eval_step, make_train_step, split, zero_metrics
@@ -51,11 +52,6 @@ class Loop:
     bad_epochs: int = 0  # early stopping: epochs since the best
     partial: list = field(default_factory=lambda: [0.0, 0.0, 0.0])  # metric sums of an interrupted epoch
     train_seconds: float = 0.0
-
-
-def _order(seed: int, epoch: int, n: int) -> np.ndarray:
-    # One permutation per (seed, epoch): a resumed run replays the same order.
-    return np.random.default_rng([seed, epoch]).permutation(n)
 
 
 def evaluate_arrays(eval_step, params, rest, mesh, x, y, batch_size: int, with_probs: bool = False):
@@ -196,7 +192,7 @@ def _fit(cfg: TrainConfig, progress: Progress, resume: Path | None, lock, t_star
     state, train_step = build()
     calibration_seconds = 0.0
     if cfg.time_budget and resume is None:
-        epochs, calibration_seconds, note = _epochs_within_budget(
+        epochs, calibration_seconds, note = epochs_within_budget(
             # A copy: the step donates its input, and the real run starts from these same arrays.
             cfg, train_step, jax.device_put(jax.tree.map(lambda a: a.copy(), state), replicated), feeder, bs,
             steps_per_epoch)
@@ -240,9 +236,8 @@ def _fit(cfg: TrainConfig, progress: Progress, resume: Path | None, lock, t_star
                 sums_before = np.array(loop.partial, np.float64)
                 progress.start_epoch(epoch, loop.step_in_epoch)
                 last_refresh = time.monotonic()
-                order = _order(seed, epoch, n_train)
                 step_in_epoch = loop.step_in_epoch
-                for batch in feeder.epoch(order, bs, loop.step_in_epoch):
+                for batch in feeder.epoch(order(seed, epoch, n_train), bs, loop.step_in_epoch):
                     state, metrics = train_step(state, metrics, *batch, np.int32(loop.global_step))
                     loop.global_step += 1
                     step_in_epoch += 1
@@ -413,23 +408,16 @@ def _open_run(cfg: TrainConfig, resume: Path | None, lock, state, data_record, p
         raise
 
 
-# --time-budget times BUDGET_GROUPS groups of 2 steps after the compiling one and two warm-up ones (the
-# first steps after compiling run ~10-20% slower), and plans for this share of the budget (epochs of
-# airbench94 on CIFAR-10 varied by up to 7% within one run).
-BUDGET_GROUPS = 8
-BUDGET_SHARE = 0.95
-
-
 def _auto_precision(cfg, gtrain, params, rest, binary, mean, std, bs, shape, num_classes) -> tuple[str, str]:
     """`--precision auto`: bf16 where the CPU has bf16 arithmetic and this train step, timed here in
     both precisions on a synthetic batch (once per host, model, input and batch; the tuner's cache),
     is faster in it."""
-    from .precision import resolve
+    from ..precision import NAMES, resolve
 
     tx = make_optimizer(cfg, 1, None, None)
     augment_ops = tuple(augment_list(cfg.augment))
     steps = {p: make_train_step(gtrain, tx, binary=binary, mean=mean, std=std, augment_ops=augment_ops,
-                                precision=p, seed=seed_value(cfg.seed), jit=False) for p in ("fp32", "bf16")}
+                                precision=p, seed=seed_value(cfg.seed), jit=False) for p in NAMES}
 
     def inputs():
         rng = np.random.default_rng(0)
@@ -440,43 +428,6 @@ def _auto_precision(cfg, gtrain, params, rest, binary, mean, std, bs, shape, num
 
     key = (cfg.arch, tuple(shape), bs, num_classes, augment_ops)
     return resolve("auto", key, steps, inputs)
-
-
-def _epochs_within_budget(cfg: TrainConfig, train_step, state, feeder, bs: int, steps_per_epoch: int):
-    """Time the step as `cnn bench` does, on a throwaway copy of the state; return the epochs (at most
-    cfg.epochs) that fit in cfg.time_budget minutes, the seconds this took, and a line saying so. The real
-    run compiles its step again (its schedule spans the chosen epochs), so the budget pays for that too."""
-    from ..bench import Timer, rates
-
-    if steps_per_epoch < 3 + 2 * BUDGET_GROUPS:  # a few images: nothing worth budgeting
-        return cfg.epochs, 0.0, f"time budget {cfg.time_budget:g} min: epochs too short to time, running {cfg.epochs}"
-    carry = {"state": state, "metrics": jax.device_put(zero_metrics(), NamedSharding(feeder.mesh, P())), "i": 0}
-    batches = feeder.epoch(_order(seed_value(cfg.seed), 1, len(feeder.y)), bs)
-
-    def run():
-        carry["state"], carry["metrics"] = train_step(carry["state"], carry["metrics"], *next(batches),
-                                                      np.int32(carry["i"]))
-        carry["i"] += 1
-        return carry["metrics"]
-
-    t0 = time.perf_counter()
-    try:
-        # The median group: a hiccup of the machine during these few steps does not set the whole run.
-        timer = Timer(run, jax.block_until_ready, warmup=2)
-        r = rates([timer.block(2) for _ in range(BUDGET_GROUPS)], bs, steps=2)
-    finally:
-        batches.close()
-    spent = time.perf_counter() - t0
-    per_epoch = steps_per_epoch * bs / r["images_per_s"]
-    compile_s = timer.compile_s + timer.warmup_s  # what the real run's first steps cost again
-    fit_epochs = int((BUDGET_SHARE * cfg.time_budget * 60 - spent - compile_s) // per_epoch)
-    if fit_epochs < 1:
-        raise CnnError(f"--time-budget {cfg.time_budget:g} min does not fit one epoch here (~{per_epoch / 60:.1f} "
-                       f"min per epoch, after ~{(spent + compile_s) / 60:.1f} min compiling and timing the step)")
-    epochs = min(fit_epochs, cfg.epochs)
-    note = (f"time budget {cfg.time_budget:g} min: ~{per_epoch:.0f} s per epoch here, so {epochs} epoch(s)"
-            + (f" (fits {fit_epochs}, capped by --epochs)" if fit_epochs > cfg.epochs else ""))
-    return epochs, spent, note
 
 
 class KeyboardInterruptSaved(CnnError):

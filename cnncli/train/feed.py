@@ -85,3 +85,8 @@ def _prefetch(make, items):
             yield out
     finally:
         stop.set()
+
+
+def order(seed: int, epoch: int, n: int) -> np.ndarray:
+    # One permutation per (seed, epoch): a resumed run replays the same order.
+    return np.random.default_rng([seed, epoch]).permutation(n)

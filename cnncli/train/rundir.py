@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .. import locks
+from ..checks import check_name, check_out
 from ..errors import CnnError
 from ..fsutil import write_text
 from ..locks import Lock
@@ -22,18 +23,6 @@ HISTORY_FIELDS = [
     "epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy",
     "lr", "seconds", "elapsed_seconds", "images_per_s",
 ]
-
-
-def check_name(name: str) -> None:
-    """A run name is one folder name: `--name a/b` or `../x` would write outside --out."""
-    if not name or name in (".", "..") or "/" in name or "\\" in name or "\0" in name:
-        raise CnnError(f"--name must be a single folder name (no '/', no '..'), not {name!r}")
-
-
-def check_out(out: str) -> None:
-    """--out holds run directories: a file there is a mistake to say before any work, not after."""
-    if Path(out).exists() and not Path(out).is_dir():
-        raise CnnError(f"--out {out} is a file; --out names the folder that holds run directories")
 
 
 def new_run_dir(out: str, name: str) -> Path:
@@ -86,6 +75,18 @@ def read_config(run_dir: Path) -> dict:
         return json.loads(p.read_text())
     except json.JSONDecodeError:
         raise CnnError(f"{p} is not valid JSON") from None
+
+
+def checkpoint_used(run_dir: Path, which: str) -> tuple[str, int | None]:
+    """Which checkpoint `load_run` loaded (it falls back on `last`) and the epoch it holds."""
+    used = which if (run_dir / "checkpoints" / f"{which}.msgpack").is_file() else "last"
+    if used == "best":
+        p = run_dir / "metrics.json"
+        if p.is_file():
+            return used, json.loads(p.read_text()).get("best_epoch")
+        return used, None
+    hist = read_history(run_dir)
+    return used, int(hist[-1]["epoch"]) if hist else None
 
 
 def latest_run(out: str = "runs/train") -> Path:
@@ -160,7 +161,7 @@ def _inference_precision(requested, step, state, batch_shape) -> tuple[str, str]
     import jax
     import numpy as np
 
-    from .precision import resolve
+    from ..precision import resolve
 
     if requested != "auto":
         return resolve(requested, (), {}, None)

@@ -65,7 +65,7 @@ def probabilities(logits, binary: bool):
 
 
 def compute_dtype_of(precision: str):
-    from .precision import compute_dtype
+    from ..precision import compute_dtype
 
     return compute_dtype(precision)
 

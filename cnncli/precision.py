@@ -10,11 +10,10 @@ The measurement is the tuner's (cached per host, model, input and batch), its fa
 
 from __future__ import annotations
 
-from .. import tuner
-from ..errors import CnnError
+from .errors import CnnError
 
-CHOICES = ("fp32", "bf16", "auto")
-BF16_FLAGS = ("amx_bf16", "avx512_bf16")
+NAMES = ("fp32", "bf16")  # what the products run in: the one list (train, bench, export take it)
+CHOICES = NAMES + ("auto",)  # `cnn train --precision`
 
 
 def bf16_capable(cpuinfo: str | None = None) -> str | None:
@@ -25,15 +24,16 @@ def bf16_capable(cpuinfo: str | None = None) -> str | None:
 
     if jax.default_backend() != "cpu":
         return jax.default_backend()
-    _, fields = tuner.cpu_flags(cpuinfo)
-    flags = set(fields.get("flags", "").split())
-    return next((f for f in BF16_FLAGS if f in flags), None)
+    from .host import bf16_arithmetic
+
+    return bf16_arithmetic(cpuinfo)
 
 
 def compute_dtype(precision: str):
+    """The dtype products take their operands in: jnp.bfloat16 or jnp.float32."""
     import jax.numpy as jnp
 
-    if precision not in ("fp32", "bf16"):
+    if precision not in NAMES:
         raise CnnError(f"precision {precision!r} is not resolved (fp32 or bf16)")
     return jnp.bfloat16 if precision == "bf16" else jnp.float32
 
@@ -41,6 +41,8 @@ def compute_dtype(precision: str):
 def resolve(requested: str, key: tuple, candidates: dict, make_inputs, cpuinfo: str | None = None) -> tuple[str, str]:
     """(precision, why) for `requested`. For "auto", `candidates` maps "fp32"/"bf16" to the step
     function in that precision and `make_inputs()` gives its arguments; the faster one is kept."""
+    from . import tuner  # here: `cnn --help` reads NAMES through checks.py and needs nothing else
+
     if requested not in CHOICES:
         raise CnnError(f"--precision must be one of {', '.join(CHOICES)}, not {requested!r}")
     if requested != "auto":

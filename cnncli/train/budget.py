@@ -1,0 +1,56 @@
+"""`--time-budget`: how many epochs fit in the minutes given, timed on this machine before training."""
+
+from __future__ import annotations
+
+import time
+
+import jax
+import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from ..errors import CnnError
+from ..timing import Timer, rates
+from .config import TrainConfig, seed_value
+from .feed import order
+from .step import zero_metrics
+
+# --time-budget times BUDGET_GROUPS groups of 2 steps after the compiling one and two warm-up ones (the
+# first steps after compiling run ~10-20% slower), and plans for this share of the budget (epochs of
+# airbench94 on CIFAR-10 varied by up to 7% within one run).
+BUDGET_GROUPS = 8
+BUDGET_SHARE = 0.95
+
+
+def epochs_within_budget(cfg: TrainConfig, train_step, state, feeder, bs: int, steps_per_epoch: int):
+    """Time the step as `cnn bench` does, on a throwaway copy of the state; return the epochs (at most
+    cfg.epochs) that fit in cfg.time_budget minutes, the seconds this took, and a line saying so. The real
+    run compiles its step again (its schedule spans the chosen epochs), so the budget pays for that too."""
+    if steps_per_epoch < 3 + 2 * BUDGET_GROUPS:  # a few images: nothing worth budgeting
+        return cfg.epochs, 0.0, f"time budget {cfg.time_budget:g} min: epochs too short to time, running {cfg.epochs}"
+    carry = {"state": state, "metrics": jax.device_put(zero_metrics(), NamedSharding(feeder.mesh, P())), "i": 0}
+    batches = feeder.epoch(order(seed_value(cfg.seed), 1, len(feeder.y)), bs)
+
+    def run():
+        carry["state"], carry["metrics"] = train_step(carry["state"], carry["metrics"], *next(batches),
+                                                      np.int32(carry["i"]))
+        carry["i"] += 1
+        return carry["metrics"]
+
+    t0 = time.perf_counter()
+    try:
+        # The median group: a hiccup of the machine during these few steps does not set the whole run.
+        timer = Timer(run, jax.block_until_ready, warmup=2)
+        r = rates([timer.block(2) for _ in range(BUDGET_GROUPS)], bs, steps=2)
+    finally:
+        batches.close()
+    spent = time.perf_counter() - t0
+    per_epoch = steps_per_epoch * bs / r["images_per_s"]
+    compile_s = timer.compile_s + timer.warmup_s  # what the real run's first steps cost again
+    fit_epochs = int((BUDGET_SHARE * cfg.time_budget * 60 - spent - compile_s) // per_epoch)
+    if fit_epochs < 1:
+        raise CnnError(f"--time-budget {cfg.time_budget:g} min does not fit one epoch here (~{per_epoch / 60:.1f} "
+                       f"min per epoch, after ~{(spent + compile_s) / 60:.1f} min compiling and timing the step)")
+    epochs = min(fit_epochs, cfg.epochs)
+    note = (f"time budget {cfg.time_budget:g} min: ~{per_epoch:.0f} s per epoch here, so {epochs} epoch(s)"
+            + (f" (fits {fit_epochs}, capped by --epochs)" if fit_epochs > cfg.epochs else ""))
+    return epochs, spent, note
