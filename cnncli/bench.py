@@ -109,11 +109,24 @@ class _Setup:
         y = rng.integers(0, self.num_classes, batch_size).astype(np.int32)
         return jax.device_put(x), jax.device_put(y), jax.device_put(np.arange(batch_size, dtype=np.int32))
 
-    def train_step(self, gather: bool = False):
-        from .train.step import make_train_step
+    def train_step(self, batch_size: int, gather: bool = False):
+        """The engine's step, with or without its ops' oneDNN choices as `cnn train` decides (the whole
+        step timed both ways, kernels.step_choice)."""
+        import numpy as np
 
-        return make_train_step(self.gtrain, self.tx, binary=False, mean=self.mean, std=self.std, gather=gather,
-                               precision=self.precision)
+        from . import kernels
+        from .train.step import make_train_step, zero_metrics
+
+        def step(use_kernels, jit=False):
+            return make_train_step(self.gtrain, self.tx, binary=False, mean=self.mean, std=self.std,
+                                   gather=gather and jit, precision=self.precision, jit=jit, use_kernels=use_kernels)
+
+        def inputs():
+            x, y, idx = self.batch(batch_size)
+            return self.state, zero_metrics(), x, y, idx, np.int32(0)
+
+        key = (self.arch, self.input_shape, batch_size, self.num_classes, (), self.precision)
+        return step(kernels.step_choice(key, step, inputs), jit=True)
 
 
 def tune_layers(setup: _Setup, sizes: dict, modes) -> float:
@@ -127,7 +140,7 @@ def tune_layers(setup: _Setup, sizes: dict, modes) -> float:
     t = time.perf_counter()
     if "train" in modes:
         x, y, idx = setup.batch(sizes["train"])
-        setup.train_step().lower(setup.state, zero_metrics(), x, y, idx, np.int32(0))
+        setup.train_step(sizes["train"]).lower(setup.state, zero_metrics(), x, y, idx, np.int32(0))
     if "infer" in modes:
         x, y, _ = setup.batch(sizes["infer"])
         step = make_eval_step(setup.geval, binary=False, mean=setup.mean, std=setup.std, precision=setup.precision)
@@ -142,7 +155,7 @@ def train_timer(setup: _Setup, batch_size: int, warmup: int = 2) -> Timer:
 
     from .train.step import zero_metrics
 
-    step = setup.train_step()
+    step = setup.train_step(batch_size)
     x, y, idx = setup.batch(batch_size)
     carry = {"metrics": zero_metrics(), "i": 0}
 
@@ -179,7 +192,7 @@ def pipeline_share(setup: _Setup, dataset, batch_size: int, steps: int, syntheti
     if n < batch_size * 2:
         return dict(pipeline_note=f"only {n} training images: pipeline not measured")
     feeder = Feeder(mesh(), dataset.train.x, dataset.train.y)  # exactly what `cnn train` uses
-    step = setup.train_step(gather=feeder.resident)
+    step = setup.train_step(batch_size, gather=feeder.resident)
     state, metrics = setup.state, zero_metrics()
     order = np.random.default_rng(0).permutation(n)
     # First pass compiles for the real input and warms the loader; the second is timed.

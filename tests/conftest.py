@@ -25,6 +25,9 @@ os.environ.setdefault("CNN_CACHE_DIR", str(REPO / ".cache" / "cnn"))
 # suite meets would cost minutes and make what runs depend on the machine's load. Every candidate
 # is tested against the plain op (test_layers.py) and the tuner itself in test_tuner.py.
 os.environ.setdefault("CNN_TUNE", "0")
+# The oneDNN kernel library is built once for the session (~10 s of g++), not into every test's fresh
+# cache: the tuner's key asks for it whenever a test measures.
+os.environ.setdefault("CNN_KERNELS_DIR", str(Path(os.environ["CNN_CACHE_DIR"]) / "kernels"))
 # A process started with Ctrl-C ignored (a shell script's `pytest &`, nohup, some CI runners) passes
 # that on to every child, and `cnn` honours an inherited ignore (engine._Interrupt): the tests that
 # send SIGINT to a `cnn` process then saw it exit 0 or wait out a 60 s stall (#43). Give the children

@@ -187,7 +187,7 @@ def test_no_onednn_is_one_note_and_xla_forms(monkeypatch, tmp_path):
 def test_a_failed_build_says_why(monkeypatch, tmp_path):
     if not LINUX_X86:
         pytest.skip("oneDNN's PyPI wheels are for x86-64 Linux")
-    monkeypatch.setenv("CNN_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv("CNN_KERNELS_DIR", str(tmp_path))
     monkeypatch.setenv("CXX", "false")
     with pytest.raises(build.BuildError, match="g\\+\\+ failed"):
         build.library()
@@ -203,3 +203,40 @@ def test_no_kernel_is_offered_when_the_tuner_does_not_measure(monkeypatch):
         jax.jit(lambda v: layers.conv2d(v, jnp.ones((3, 3, 3, 4))))(x)
     monkeypatch.setenv("CNN_TUNE", "0")
     jax.jit(lambda v: layers.max_pool(layers.conv2d(v, jnp.ones((3, 3, 3, 4)))))(x)
+
+
+def test_off_offers_no_kernel():
+    if not LINUX_X86:
+        pytest.skip("oneDNN's PyPI wheels are for x86-64 Linux")
+    geo = kernels.conv_geo(kernels.CONV_FWD, "float32", (2, 8, 8, 3), (3, 3, 3, 4), (8, 8), (1, 1), ((1, 1), (1, 1)))
+    assert kernels.fast(geo)
+    with kernels.off():
+        assert not kernels.fast(geo)
+    assert kernels.fast(geo)
+
+
+def test_the_whole_step_decides_whether_the_kernels_run(monkeypatch, fresh_cache):
+    """kernels.step_choice: the train step timed with its ops' oneDNN choices and with XLA's forms
+    only; the faster is kept per host and key, and the step traced 'without' offers no kernel."""
+    if not LINUX_X86:
+        pytest.skip("oneDNN's PyPI wheels are for x86-64 Linux")
+    from cnncli import bench
+
+    monkeypatch.setenv("CNN_TUNE", "1")
+    tuner.reset()
+    try:
+        setup = bench._Setup("net2", (8, 8, 1), 10)
+        step = setup.train_step(16)
+        record = tuner.choices()["kernels_step" + repr(("net2", (8, 8, 1), 16, 10, (), "fp32"))]
+        assert set(record["ms"]) == {"with", "without"} and record["choice"] in ("with", "without")
+        offered = []
+        real = kernels.fast
+        monkeypatch.setattr(kernels, "fast", lambda geo: offered.append(real(geo)) or offered[-1])
+        x, y, idx = setup.batch(16)
+        from cnncli.train.step import zero_metrics
+
+        jax.jit(lambda *a: setup.train_step(16)(*a)).lower(setup.state, zero_metrics(), x, y, idx, np.int32(0))
+        assert any(offered) == (record["choice"] == "with")
+        del step
+    finally:
+        tuner.reset()

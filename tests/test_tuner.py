@@ -45,6 +45,18 @@ def test_choice_is_measured_once_and_kept_on_disk(tuning, capsys):
     assert tuner.measured() == []
 
 
+def test_fewer_candidates_than_measured_are_answered_from_the_record(tuning):
+    """A whole-step comparison traces a step with the oneDNN kernels off: each op then takes the
+    fastest of its other candidates by the times already recorded, measuring nothing."""
+    three = {"xla": _slow, "fast": lambda x: x + 1, "faster": lambda x: x}
+    tuner.choose("op", (64,), three, INPUTS)
+    measured = len(tuner.measured())
+    ms = tuner.choices()["op(64,)"]["ms"]
+    rest = {n: None for n in three if n != tuner.choices()["op(64,)"]["choice"]}  # never run: not timed
+    assert tuner.choose("op", (64,), rest, INPUTS) == min(rest, key=ms.get)
+    assert len(tuner.measured()) == measured
+
+
 def test_changed_key_or_host_measures_again(tuning, monkeypatch):
     tuner.choose("op", (64,), CANDS, INPUTS)
     tuner.choose("op", (65,), CANDS, INPUTS)

@@ -13,6 +13,7 @@ export traces under `tuner.plain()`, where no kernel is used.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
 import os
@@ -24,6 +25,7 @@ from . import build
 
 ENV = "CNN_KERNELS"  # 0: never use them
 _state: dict = {}
+_off = 0  # > 0: no kernel is offered (`off`)
 
 
 def _note(msg: str) -> None:
@@ -89,8 +91,46 @@ def impl(geo: tuple) -> str | None:
     return buf.value.decode() if lib.cnn_impl(arr, buf, 256) == 0 else None
 
 
+@contextlib.contextmanager
+def off():
+    """No kernel is offered while this is open: a step traced in it runs XLA's forms only."""
+    global _off
+    _off += 1
+    try:
+        yield
+    finally:
+        _off -= 1
+
+
+def without(fn):
+    """`fn`, traced with no kernel offered."""
+    @functools.wraps(fn)
+    def traced(*args, **kwargs):
+        with off():
+            return fn(*args, **kwargs)
+    return traced
+
+
+def step_choice(key: tuple, make_step, make_inputs) -> bool:
+    """Whether the whole step, `make_step(use_kernels)`, runs faster with its ops' oneDNN choices
+    than with XLA's forms only; timed by the tuner (once per host and key, kept) on `make_inputs()`.
+
+    Each op's kernel won alone, yet net2's MNIST train step ran 9% slower with them (2,780 against
+    3,044 images/s on the AVX2 EPYC): while XLA runs a oneDNN call its own workers spin, and the OpenMP
+    team spins after it, on 2 cores. Only the whole step shows that. False where nothing is measured."""
+    from .. import tuner
+
+    if not tuner.active() or not available():
+        return False
+    # "with" first: it measures the ops (oneDNN among them) on a new machine; "without" then reads them.
+    return tuner.choose("kernels_step", key, {"with": make_step(True), "without": make_step(False)},
+                        make_inputs) == "with"
+
+
 def fast(geo: tuple) -> bool:
     """A real kernel exists: not oneDNN's reference loops (bf16 on a CPU without bf16 or AVX-512)."""
+    if _off:
+        return False
     name = impl(geo)
     return name is not None and not name.startswith("ref")
 

@@ -1,6 +1,6 @@
 """Finding oneDNN and building `onednn.cc` into a shared library, once per source, jaxlib and oneDNN.
 
-The library lands in `$CNN_CACHE_DIR/kernels/<key>/` (key: hash of the source, jaxlib's version and
+The library lands in `$CNN_CACHE_DIR/kernels/<key>/` ($CNN_KERNELS_DIR instead, if set; key: hash of the source, jaxlib's version and
 oneDNN's), built by g++ in ~10 s the first time anything asks for a kernel, then only loaded. oneDNN
 comes from PyPI's `onednn-cpu-gomp` (+ `-devel` for its headers), which install under the Python
 prefix (`<prefix>/lib/libdnnl.so.3`, `<prefix>/include/oneapi/dnnl/`), not under site-packages;
@@ -18,6 +18,7 @@ from pathlib import Path
 
 SOURCE = Path(__file__).with_name("onednn.cc")
 PREFIX_ENV = "CNN_ONEDNN_PREFIX"
+DIR_ENV = "CNN_KERNELS_DIR"  # where builds go instead of <cache>/kernels (the tests share one)
 LIB = "libdnnl.so.3"
 
 
@@ -70,7 +71,8 @@ def library() -> Path:
     from ..host import cache_root
 
     prefix = onednn_prefix()
-    out = cache_root() / "kernels" / key(prefix) / "libcnnkernels.so"
+    root = Path(os.environ[DIR_ENV]) if os.environ.get(DIR_ENV) else cache_root() / "kernels"
+    out = root / key(prefix) / "libcnnkernels.so"
     if not out.is_file():
         build(prefix, out)
     return out

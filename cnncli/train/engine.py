@@ -178,6 +178,7 @@ def _fit(cfg: TrainConfig, progress: Progress, resume: Path | None, lock, t_star
     if cfg.precision == "auto":
         cfg.precision, why = _auto_precision(cfg, gtrain, params, rest, binary, mean, std, bs, ds.shape, num_classes)
         progress.note(f"precision: {cfg.precision} ({why})")
+    use_kernels = _kernels_choice(cfg, gtrain, params, rest, binary, mean, std, bs, ds.shape, num_classes)
 
     def build():
         """The optimizer (its schedule spans cfg.epochs), the initial state and the jitted step."""
@@ -186,7 +187,7 @@ def _fit(cfg: TrainConfig, progress: Progress, resume: Path | None, lock, t_star
         step = make_train_step(gtrain, tx, binary=binary, mean=mean, std=std,
                                augment_ops=tuple(augment_list(cfg.augment)), smoothing=cfg.label_smoothing,
                                ema_decay=cfg.ema, precision=cfg.precision, seed=seed, gather=feeder.resident,
-                               steps_per_epoch=steps_per_epoch)
+                               steps_per_epoch=steps_per_epoch, use_kernels=use_kernels)
         return state, step
 
     state, train_step = build()
@@ -414,10 +415,32 @@ def _auto_precision(cfg, gtrain, params, rest, binary, mean, std, bs, shape, num
     is faster in it."""
     from ..precision import NAMES, resolve
 
-    tx = make_optimizer(cfg, 1, None, None)
+    tx, inputs = _synthetic(cfg, params, rest, bs, shape, num_classes)
     augment_ops = tuple(augment_list(cfg.augment))
     steps = {p: make_train_step(gtrain, tx, binary=binary, mean=mean, std=std, augment_ops=augment_ops,
                                 precision=p, seed=seed_value(cfg.seed), jit=False) for p in NAMES}
+    key = (cfg.arch, tuple(shape), bs, num_classes, augment_ops)
+    return resolve("auto", key, steps, inputs)
+
+
+def _kernels_choice(cfg, gtrain, params, rest, binary, mean, std, bs, shape, num_classes) -> bool:
+    """Whether this train step runs its ops' oneDNN choices: the whole step timed both ways
+    (kernels.step_choice), once per host, model, input, batch and precision."""
+    from .. import kernels
+
+    tx, inputs = _synthetic(cfg, params, rest, bs, shape, num_classes)
+    augment_ops = tuple(augment_list(cfg.augment))
+
+    def step(use_kernels):
+        return make_train_step(gtrain, tx, binary=binary, mean=mean, std=std, augment_ops=augment_ops,
+                               precision=cfg.precision, seed=seed_value(cfg.seed), jit=False, use_kernels=use_kernels)
+
+    return kernels.step_choice((cfg.arch, tuple(shape), bs, num_classes, augment_ops, cfg.precision), step, inputs)
+
+
+def _synthetic(cfg, params, rest, bs, shape, num_classes):
+    """(optimizer, inputs()): a train step's arguments on a random batch, for timing it."""
+    tx = make_optimizer(cfg, 1, None, None)
 
     def inputs():
         rng = np.random.default_rng(0)
@@ -426,8 +449,7 @@ def _auto_precision(cfg, gtrain, params, rest, binary, mean, std, bs, shape, num
         state = TrainState(params, rest, tx.init(params), None)
         return state, zero_metrics(), x, y, np.arange(bs, dtype=np.int32), np.int32(0)
 
-    key = (cfg.arch, tuple(shape), bs, num_classes, augment_ops)
-    return resolve("auto", key, steps, inputs)
+    return tx, inputs
 
 
 class KeyboardInterruptSaved(CnnError):

@@ -79,8 +79,10 @@ def to_compute(params, dtype):
 
 
 def make_train_step(gtrain, tx, *, binary, mean, std, augment_ops=(), smoothing=0.0, ema_decay=0.0,
-                    precision="fp32", seed=0, gather=False, steps_per_epoch=1, jit=True):
+                    precision="fp32", seed=0, gather=False, steps_per_epoch=1, jit=True, use_kernels=True):
     """step(state, metrics, x_uint8, y, idx, step) -> (state, metrics). Jitted; state and metrics donated.
+
+    `use_kernels=False`: traced with no oneDNN kernel offered (kernels.step_choice decides).
 
     `idx` are the images' positions in the training set. With `gather=True`:
     step(state, metrics, x_all, y_all, idx, step), the batch being x_all[idx].
@@ -120,6 +122,10 @@ def make_train_step(gtrain, tx, *, binary, mean, std, augment_ops=(), smoothing=
         return step_fn(state, metrics, x_all[idx], y_all[idx], idx, step)
 
     fn = gather_fn if gather else step_fn
+    if not use_kernels:
+        from .. import kernels
+
+        fn = kernels.without(fn)
     return jax.jit(fn, donate_argnums=(0, 1)) if jit else fn
 
 
