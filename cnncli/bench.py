@@ -111,10 +111,10 @@ class _Setup:
 
     def train_step(self, batch_size: int, gather: bool = False):
         """The engine's step, with or without its ops' oneDNN choices as `cnn train` decides (the whole
-        step timed both ways, kernels.step_choice)."""
+        step timed both ways, tuner.kernels_in_step)."""
         import numpy as np
 
-        from . import kernels
+        from . import tuner
         from .train.step import make_train_step, zero_metrics
 
         def step(use_kernels, jit=False):
@@ -126,7 +126,7 @@ class _Setup:
             return self.state, zero_metrics(), x, y, idx, np.int32(0)
 
         key = (self.arch, self.input_shape, batch_size, self.num_classes, (), self.precision)
-        return step(kernels.step_choice(key, step, inputs), jit=True)
+        return step(tuner.kernels_in_step(key, step, inputs), jit=True)
 
 
 def tune_layers(setup: _Setup, sizes: dict, modes) -> float:

@@ -257,7 +257,7 @@ def choose(op: str, key: tuple, candidates: dict, make_inputs) -> str:
     known = table.get(k)
     if known and (not _retune or k in _fresh):
         # Fewer candidates than were measured (the oneDNN kernels turned off for a whole-step
-        # comparison, see kernels.step_choice): the fastest of them by the record, nothing measured.
+        # comparison, see tuner.kernels_in_step): the fastest of them by the record, nothing measured.
         ms = known.get("ms") if isinstance(known.get("ms"), dict) else {}
         choice = known["choice"] if known["choice"] in candidates else (
             min((n for n in candidates if n in ms), key=ms.get) if all(n in ms for n in candidates) else None)
@@ -328,3 +328,19 @@ def reset() -> None:
     _measured.clear()
     _fresh.clear()
     _used.clear()
+
+
+def kernels_in_step(key: tuple, make_step, make_inputs) -> bool:
+    """Whether the whole step, `make_step(use_kernels)`, runs faster with its ops' oneDNN choices
+    than with XLA's forms only; timed by the tuner (once per host and key, kept) on `make_inputs()`.
+
+    Each op's kernel won alone, yet net2's MNIST train step ran 9% slower with them (2,780 against
+    3,044 images/s on the AVX2 EPYC): while XLA runs a oneDNN call its own workers spin, and the OpenMP
+    team spins after it, on 2 cores. Only the whole step shows that. False where nothing is measured."""
+    from . import kernels
+
+    if not active() or not kernels.available():
+        return False
+    # "with" first: it measures the ops (oneDNN among them) on a new machine; "without" then reads them.
+    return choose("kernels_step", key, {"with": make_step(True), "without": make_step(False)},
+                  make_inputs) == "with"

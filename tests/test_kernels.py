@@ -216,7 +216,7 @@ def test_off_offers_no_kernel():
 
 
 def test_the_whole_step_decides_whether_the_kernels_run(monkeypatch, fresh_cache):
-    """kernels.step_choice: the train step timed with its ops' oneDNN choices and with XLA's forms
+    """tuner.kernels_in_step: the train step timed with its ops' oneDNN choices and with XLA's forms
     only; the faster is kept per host and key, and the step traced 'without' offers no kernel."""
     if not LINUX_X86:
         pytest.skip("oneDNN's PyPI wheels are for x86-64 Linux")

@@ -111,22 +111,6 @@ def without(fn):
     return traced
 
 
-def step_choice(key: tuple, make_step, make_inputs) -> bool:
-    """Whether the whole step, `make_step(use_kernels)`, runs faster with its ops' oneDNN choices
-    than with XLA's forms only; timed by the tuner (once per host and key, kept) on `make_inputs()`.
-
-    Each op's kernel won alone, yet net2's MNIST train step ran 9% slower with them (2,780 against
-    3,044 images/s on the AVX2 EPYC): while XLA runs a oneDNN call its own workers spin, and the OpenMP
-    team spins after it, on 2 cores. Only the whole step shows that. False where nothing is measured."""
-    from .. import tuner
-
-    if not tuner.active() or not available():
-        return False
-    # "with" first: it measures the ops (oneDNN among them) on a new machine; "without" then reads them.
-    return tuner.choose("kernels_step", key, {"with": make_step(True), "without": make_step(False)},
-                        make_inputs) == "with"
-
-
 def fast(geo: tuple) -> bool:
     """A real kernel exists: not oneDNN's reference loops (bf16 on a CPU without bf16 or AVX-512)."""
     if _off:

@@ -425,8 +425,8 @@ def _auto_precision(cfg, gtrain, params, rest, binary, mean, std, bs, shape, num
 
 def _kernels_choice(cfg, gtrain, params, rest, binary, mean, std, bs, shape, num_classes) -> bool:
     """Whether this train step runs its ops' oneDNN choices: the whole step timed both ways
-    (kernels.step_choice), once per host, model, input, batch and precision."""
-    from .. import kernels
+    (tuner.kernels_in_step), once per host, model, input, batch and precision."""
+    from .. import tuner
 
     tx, inputs = _synthetic(cfg, params, rest, bs, shape, num_classes)
     augment_ops = tuple(augment_list(cfg.augment))
@@ -435,7 +435,7 @@ def _kernels_choice(cfg, gtrain, params, rest, binary, mean, std, bs, shape, num
         return make_train_step(gtrain, tx, binary=binary, mean=mean, std=std, augment_ops=augment_ops,
                                precision=cfg.precision, seed=seed_value(cfg.seed), jit=False, use_kernels=use_kernels)
 
-    return kernels.step_choice((cfg.arch, tuple(shape), bs, num_classes, augment_ops, cfg.precision), step, inputs)
+    return tuner.kernels_in_step((cfg.arch, tuple(shape), bs, num_classes, augment_ops, cfg.precision), step, inputs)
 
 
 def _synthetic(cfg, params, rest, bs, shape, num_classes):

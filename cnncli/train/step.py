@@ -82,7 +82,7 @@ def make_train_step(gtrain, tx, *, binary, mean, std, augment_ops=(), smoothing=
                     precision="fp32", seed=0, gather=False, steps_per_epoch=1, jit=True, use_kernels=True):
     """step(state, metrics, x_uint8, y, idx, step) -> (state, metrics). Jitted; state and metrics donated.
 
-    `use_kernels=False`: traced with no oneDNN kernel offered (kernels.step_choice decides).
+    `use_kernels=False`: traced with no oneDNN kernel offered (tuner.kernels_in_step decides).
 
     `idx` are the images' positions in the training set. With `gather=True`:
     step(state, metrics, x_all, y_all, idx, step), the batch being x_all[idx].
