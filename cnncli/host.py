@@ -8,6 +8,7 @@ imports nothing heavy).
 
 from __future__ import annotations
 
+import functools
 import os
 import platform
 from pathlib import Path
@@ -23,16 +24,22 @@ def cpu_fields(cpuinfo: str | None = None) -> tuple[str, dict]:
     """(model name, {field: value}) of the first CPU in /proc/cpuinfo (or `cpuinfo`); ('', {}) where
     there is none (not Linux)."""
     if cpuinfo is None:
-        try:
-            cpuinfo = Path("/proc/cpuinfo").read_text()
-        except OSError:
-            cpuinfo = ""
+        cpuinfo = _proc_cpuinfo()
     fields: dict[str, str] = {}
     for line in cpuinfo.splitlines():  # one block per logical CPU; the first one's values
         key, colon, value = line.partition(":")
         if colon:
             fields.setdefault(key.strip(), value.strip())
     return fields.get("model name", ""), fields
+
+
+@functools.lru_cache(maxsize=1)
+def _proc_cpuinfo() -> str:
+    """/proc/cpuinfo, read once per process (the tuner asks for the host's key at every layer)."""
+    try:
+        return Path("/proc/cpuinfo").read_text()
+    except OSError:  # not Linux
+        return ""
 
 
 def flags(cpuinfo: str | None = None) -> set[str]:

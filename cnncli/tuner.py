@@ -51,8 +51,8 @@ def host(cpuinfo: str | None = None) -> dict:
 
     model, _ = machine.cpu_fields(cpuinfo)
     return dict(cpu=model or platform.processor() or platform.machine(),
-                isa=sorted(machine.flags(cpuinfo) & set(machine.ISA_FLAGS)), cores=machine.cores(), backend=jax.default_backend(), jax=jax.__version__, jaxlib=jaxlib.__version__,
-                xla_flags=os.environ.get("XLA_FLAGS", ""), tuner=VERSION, kernels=_kernels_version())
+                isa=sorted(machine.flags(cpuinfo) & set(machine.ISA_FLAGS)), cores=machine.cores(),
+                backend=jax.default_backend(), jax=jax.__version__, jaxlib=jaxlib.__version__, xla_flags=os.environ.get("XLA_FLAGS", ""), tuner=VERSION, kernels=_kernels_version())
 
 
 def _kernels_version() -> str | None:
@@ -189,7 +189,9 @@ def _compile_all(candidates: dict, args) -> dict:
         except Exception as e:  # noqa: BLE001
             return e
 
-    workers = min(len(lowered), _cores())
+    from .host import cores
+
+    workers = min(len(lowered), cores())
     # Every candidate's executable goes into JAX's persistent compilation cache (setup_jax: only
     # compiles over 0.5 s otherwise): a re-measure (`--tune`, another process, a new shape of the same
     # layer) then loads them instead of compiling; compiling was 12 of net1's 18.7 s of tuning.
@@ -210,12 +212,6 @@ def _cache_every_compile():
         yield
     finally:
         jax.config.update("jax_persistent_cache_min_compile_time_secs", before)
-
-
-def _cores() -> int:
-    from .host import cores
-
-    return cores()
 
 
 def _time(fn, args, best: float) -> float:
@@ -309,7 +305,9 @@ def _warn_if_busy(load: float | None) -> None:
     On the AMX Xeon, net1's choices measured at load ~9 trained at 523 images/s, measured again on
     the quiet machine at 916."""
     global _warned_busy
-    cores = _cores()
+    from .host import cores as count
+
+    cores = count()
     if load is not None and load > cores and not _warned_busy:
         _warned_busy = True
         _note(f"note: the machine is busy (load {load:.1f} on {cores} cores) while measuring; for choices that hold, "

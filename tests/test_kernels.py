@@ -240,3 +240,20 @@ def test_the_whole_step_decides_whether_the_kernels_run(monkeypatch, fresh_cache
         del step
     finally:
         tuner.reset()
+
+
+def test_cnn_kernels_0_turns_them_off_and_bench_says_which_ran(monkeypatch):
+    from cnncli.commands.bench import kernels_line
+
+    monkeypatch.setattr(kernels, "_state", {})
+    monkeypatch.setenv("CNN_KERNELS", "0")
+    assert not kernels.available() and kernels.why_not() == "$CNN_KERNELS=0" and kernels.version() is None
+    assert kernels_line({}) == "kernels: oneDNN not used ($CNN_KERNELS=0); XLA's forms only"
+    if not LINUX_X86:
+        return
+    monkeypatch.setattr(kernels, "_state", {})
+    monkeypatch.delenv("CNN_KERNELS")
+    used = {"conv_fwd((1,))": "onednn", "conv_fwd((2,))": "xla", "maxpool_bwd((1,))": "place"}
+    line = kernels_line(used)
+    assert line.startswith("kernels: oneDNN 3.") and "for 1 of 3 layer ops (conv_fwd 1/2; the rest: XLA's forms)" in line
+    assert kernels_line({"conv_fwd((2,))": "xla"}).endswith("for 0 of 1 layer ops; XLA's forms won them all")

@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from cnncli import tuner
+from cnncli import host, tuner
 from cnncli.models import layers
 from cnncli import precision
 
@@ -122,7 +122,7 @@ def test_a_networks_input_gradient_is_neither_computed_nor_measured(tuning):
 
 
 def test_candidates_are_compiled_side_by_side_and_a_failing_one_is_dropped(tuning, monkeypatch):
-    monkeypatch.setattr(tuner, "_cores", lambda: 2)
+    monkeypatch.setattr(host, "cores", lambda: 2)
     boom = lambda x: x.reshape(7, -1)  # noqa: E731 - 4096 values: fails while lowering
     assert tuner.choose("op", (7,), {"xla": _slow, "bad": boom, "fast": lambda x: x + 1}, INPUTS) == "fast"
     assert set(tuner.choices()["op(7,)"]["ms"]) == {"xla", "fast"}
@@ -131,7 +131,7 @@ def test_candidates_are_compiled_side_by_side_and_a_failing_one_is_dropped(tunin
 def test_candidates_that_measure_their_own_layers_do_so_one_after_the_other(tuning, monkeypatch):
     """A whole step or an inference slice is a candidate whose layers are measured while it is
     traced: that tracing must stay in this thread, or two measurements would share the cores."""
-    monkeypatch.setattr(tuner, "_cores", lambda: 2)
+    monkeypatch.setattr(host, "cores", lambda: 2)
     threads = []
 
     def outer(tag):

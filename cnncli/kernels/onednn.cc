@@ -203,18 +203,22 @@ void run_conv(const Geo& g, void* a, void* b, void* out) {
   auto& s = strm();
   memory user_w(p.w_user, eng(), g.kind == 2 ? out : b);
   memory& w = p.w_reorder ? *p.w_mem : user_w;
+  auto reorder = [&](memory& from, memory& to) {  // the weights between HWIO and the kernel's layout
+    if (p.w_reorder)
+      p.w_to_prim.execute(s, {{DNNL_ARG_FROM, from}, {DNNL_ARG_TO, to}, {DNNL_ARG_SCRATCHPAD, scratch(p.scratch_reorder)}});
+  };
   if (g.kind == 0) {
-    if (p.w_reorder) p.w_to_prim.execute(s, {{DNNL_ARG_FROM, user_w}, {DNNL_ARG_TO, w}, {DNNL_ARG_SCRATCHPAD, scratch(p.scratch_reorder)}});
+    reorder(user_w, w);
     p.prim.execute(s, {{DNNL_ARG_SRC, memory(src, eng(), a)}, {DNNL_ARG_WEIGHTS, w},
                        {DNNL_ARG_DST, memory(dst, eng(), out)}, {DNNL_ARG_SCRATCHPAD, scratch(p.scratch)}});
   } else if (g.kind == 1) {
-    if (p.w_reorder) p.w_to_prim.execute(s, {{DNNL_ARG_FROM, user_w}, {DNNL_ARG_TO, w}, {DNNL_ARG_SCRATCHPAD, scratch(p.scratch_reorder)}});
+    reorder(user_w, w);
     p.prim.execute(s, {{DNNL_ARG_DIFF_DST, memory(dst, eng(), a)}, {DNNL_ARG_WEIGHTS, w},
                        {DNNL_ARG_DIFF_SRC, memory(src, eng(), out)}, {DNNL_ARG_SCRATCHPAD, scratch(p.scratch)}});
   } else {
     p.prim.execute(s, {{DNNL_ARG_SRC, memory(src, eng(), a)}, {DNNL_ARG_DIFF_DST, memory(dst, eng(), b)},
                        {DNNL_ARG_DIFF_WEIGHTS, w}, {DNNL_ARG_SCRATCHPAD, scratch(p.scratch)}});
-    if (p.w_reorder) p.w_to_prim.execute(s, {{DNNL_ARG_FROM, w}, {DNNL_ARG_TO, user_w}, {DNNL_ARG_SCRATCHPAD, scratch(p.scratch_reorder)}});
+    reorder(w, user_w);
   }
   s.wait();
 }
@@ -258,51 +262,57 @@ ffi::Error guarded(F f) {
   }
 }
 
-// Convolution: `x` NHWC or `dy`, the HWIO kernel `w` or `dy`; the output's shape gives the rest.
+// A call's geometry from the shapes XLA hands over: the input x (NHWC), the window (a kernel's HWIO
+// shape, or pooling's kh x kw with c channels out) and the output (NHWC); and the call run under
+// `guarded`, once the operands' type is one we take.
+template <typename Dims>
+Geo geometry(int64_t kind, ffi::DataType t, const Dims& x, int64_t kh, int64_t kw, int64_t o, const Dims& y,
+             int64_t sh, int64_t sw, int64_t pt, int64_t pb, int64_t pl, int64_t pr) {
+  return Geo{kind, is_bf16(t), x[0], x[1], x[2], x[3], kh, kw, o, y[1], y[2], sh, sw, pt, pb, pl, pr};
+}
+
+template <typename F>
+ffi::Error checked(ffi::DataType t, F f) {
+  if (auto e = dtype_ok(t); e.failure()) return e;
+  return guarded(f);
+}
+
+// Convolution: forward (x, w -> y), input gradient (dy, w -> dx), weight gradient (x, dy -> dw).
 ffi::Error ConvFwd(ffi::AnyBuffer x, ffi::AnyBuffer w, ffi::Result<ffi::AnyBuffer> y, int64_t sh, int64_t sw,
                    int64_t pt, int64_t pb, int64_t pl, int64_t pr) {
-  if (auto e = dtype_ok(x.element_type()); e.failure()) return e;
-  auto xd = x.dimensions(), wd = w.dimensions(), yd = y->dimensions();
-  Geo g{0, is_bf16(x.element_type()), xd[0], xd[1], xd[2], xd[3], wd[0], wd[1], wd[3], yd[1], yd[2],
-        sh, sw, pt, pb, pl, pr};
-  return guarded([&] { run_conv(g, x.untyped_data(), w.untyped_data(), y->untyped_data()); });
+  auto wd = w.dimensions();
+  Geo g = geometry(0, x.element_type(), x.dimensions(), wd[0], wd[1], wd[3], y->dimensions(), sh, sw, pt, pb, pl, pr);
+  return checked(x.element_type(), [&] { run_conv(g, x.untyped_data(), w.untyped_data(), y->untyped_data()); });
 }
 
 ffi::Error ConvBwdData(ffi::AnyBuffer dy, ffi::AnyBuffer w, ffi::Result<ffi::AnyBuffer> dx, int64_t sh, int64_t sw,
                        int64_t pt, int64_t pb, int64_t pl, int64_t pr) {
-  if (auto e = dtype_ok(dy.element_type()); e.failure()) return e;
-  auto dyd = dy.dimensions(), wd = w.dimensions(), xd = dx->dimensions();
-  Geo g{1, is_bf16(dy.element_type()), xd[0], xd[1], xd[2], xd[3], wd[0], wd[1], wd[3], dyd[1], dyd[2],
-        sh, sw, pt, pb, pl, pr};
-  return guarded([&] { run_conv(g, dy.untyped_data(), w.untyped_data(), dx->untyped_data()); });
+  auto wd = w.dimensions();
+  Geo g = geometry(1, dy.element_type(), dx->dimensions(), wd[0], wd[1], wd[3], dy.dimensions(), sh, sw, pt, pb, pl,
+                   pr);
+  return checked(dy.element_type(), [&] { run_conv(g, dy.untyped_data(), w.untyped_data(), dx->untyped_data()); });
 }
 
 ffi::Error ConvBwdWeights(ffi::AnyBuffer x, ffi::AnyBuffer dy, ffi::Result<ffi::AnyBuffer> dw, int64_t sh,
                           int64_t sw, int64_t pt, int64_t pb, int64_t pl, int64_t pr) {
-  if (auto e = dtype_ok(x.element_type()); e.failure()) return e;
-  auto xd = x.dimensions(), dyd = dy.dimensions(), wd = dw->dimensions();
-  Geo g{2, is_bf16(x.element_type()), xd[0], xd[1], xd[2], xd[3], wd[0], wd[1], wd[3], dyd[1], dyd[2],
-        sh, sw, pt, pb, pl, pr};
-  return guarded([&] { run_conv(g, x.untyped_data(), dy.untyped_data(), dw->untyped_data()); });
+  auto wd = dw->dimensions();
+  Geo g = geometry(2, x.element_type(), x.dimensions(), wd[0], wd[1], wd[3], dy.dimensions(), sh, sw, pt, pb, pl, pr);
+  return checked(x.element_type(), [&] { run_conv(g, x.untyped_data(), dy.untyped_data(), dw->untyped_data()); });
 }
 
 // Pooling: `avg` 0 (max) or 1 (average, padding excluded); window kh x kw.
 ffi::Error PoolFwd(ffi::AnyBuffer x, ffi::Result<ffi::AnyBuffer> y, int64_t avg, int64_t kh, int64_t kw, int64_t sh,
                    int64_t sw, int64_t pt, int64_t pb, int64_t pl, int64_t pr) {
-  if (auto e = dtype_ok(x.element_type()); e.failure()) return e;
-  auto xd = x.dimensions(), yd = y->dimensions();
-  Geo g{avg ? 5 : 3, is_bf16(x.element_type()), xd[0], xd[1], xd[2], xd[3], kh, kw, xd[3], yd[1], yd[2],
-        sh, sw, pt, pb, pl, pr};
-  return guarded([&] { run_pool(g, x.untyped_data(), nullptr, y->untyped_data()); });
+  auto xd = x.dimensions();
+  Geo g = geometry(avg ? 5 : 3, x.element_type(), xd, kh, kw, xd[3], y->dimensions(), sh, sw, pt, pb, pl, pr);
+  return checked(x.element_type(), [&] { run_pool(g, x.untyped_data(), nullptr, y->untyped_data()); });
 }
 
 ffi::Error PoolBwd(ffi::AnyBuffer x, ffi::AnyBuffer dy, ffi::Result<ffi::AnyBuffer> dx, int64_t avg, int64_t kh,
                    int64_t kw, int64_t sh, int64_t sw, int64_t pt, int64_t pb, int64_t pl, int64_t pr) {
-  if (auto e = dtype_ok(x.element_type()); e.failure()) return e;
-  auto xd = x.dimensions(), yd = dy.dimensions();
-  Geo g{avg ? 6 : 4, is_bf16(x.element_type()), xd[0], xd[1], xd[2], xd[3], kh, kw, xd[3], yd[1], yd[2],
-        sh, sw, pt, pb, pl, pr};
-  return guarded([&] { run_pool(g, x.untyped_data(), dy.untyped_data(), dx->untyped_data()); });
+  auto xd = x.dimensions();
+  Geo g = geometry(avg ? 6 : 4, x.element_type(), xd, kh, kw, xd[3], dy.dimensions(), sh, sw, pt, pb, pl, pr);
+  return checked(x.element_type(), [&] { run_pool(g, x.untyped_data(), dy.untyped_data(), dx->untyped_data()); });
 }
 
 }  // namespace

@@ -646,12 +646,6 @@ def _avg_slices(x, window, stride):
     return total / (window * window)
 
 
-def _avg_onednn_has(kind, x, window, stride) -> bool:
-    out_hw, pads = _pool_geometry(x.shape, window, stride, "VALID")
-    return tuner.active() and kernels.fast(kernels.pool_geo(kind, x.dtype, x.shape, (window, window), out_hw,
-                                                            (stride, stride), pads))
-
-
 def _avg_fwd_onednn(x, window, stride):
     out_hw, pads = _pool_geometry(x.shape, window, stride, "VALID")
     return kernels.pool_fwd(x, 1, (window, window), out_hw, (stride, stride), pads)
@@ -672,7 +666,7 @@ AVG_BWD = {"xla": _avg_bwd_slices, "onednn": _avg_bwd_onednn}
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
 def _avg_pool(x, window, stride):
-    name = _pick("avgpool_fwd", AVG_FWD, lambda n: _avg_onednn_has(kernels.AVG_FWD, x, window, stride),
+    name = _pick("avgpool_fwd", AVG_FWD, lambda n: _pool_onednn_has(kernels.AVG_FWD, x, window, stride, "VALID"),
                  [(x.shape, x.dtype)], window=window, stride=stride)
     return AVG_FWD[name](x, window, stride)
 
@@ -682,7 +676,7 @@ def _avg_pool_fwd(x, window, stride):
 
 
 def _avg_pool_bwd(window, stride, x, g):
-    name = _pick("avgpool_bwd", AVG_BWD, lambda n: _avg_onednn_has(kernels.AVG_BWD, x, window, stride),
+    name = _pick("avgpool_bwd", AVG_BWD, lambda n: _pool_onednn_has(kernels.AVG_BWD, x, window, stride, "VALID"),
                  [(x.shape, x.dtype), (g.shape, g.dtype)], window=window, stride=stride)
     return (AVG_BWD[name](x, g, window, stride),)
 

@@ -14,14 +14,13 @@ from ..checks import (AT_LEAST_1, FRACTION_BELOW_1, NON_NEGATIVE, POSITIVE, SEED
 from ..data.registry import DATASETS
 from ..errors import CnnError
 from ..models.registry import ACTIVATION_CHOICES, ARCHS
-from ..precision import CHOICES
+from ..precision import CHOICES as PRECISIONS  # --precision's choices: precision.py is their home
 from ..recipes import RECIPES
 
 OPTIMIZERS = ("adam", "rmsprop", "sgd", "adadelta", "adagrad", "adamw", "nadam")
 SCHEDULES = ("constant", "cosine", "onecycle")
 AUGMENTS = ("flip", "altflip", "shift", "crop", "rrc", "rotate", "zoom", "color")
 RRC_MIN_SCALE = 0.25  # rrc's default smallest crop, as a share of the image's area
-PRECISIONS = CHOICES  # --precision: precision.py is their home
 
 
 RECORDED_NOT_OPTIONS = {"extra", "data", "cnn_version"}  # what config.json holds besides the options
