@@ -385,11 +385,17 @@ class Exported:
 
 
 def load_model(path=None, checkpoint: str = "best"):
-    """What `predict` and `serve` take: an export (by its name), else a run directory (default the newest)."""
+    """What `predict` and `serve` take: an export (by its name), a pretrained network's name where no file
+    has it ("imagenet"), else a run directory (default the newest)."""
+    from . import pretrained
     from .train import latest_run, load_run
 
     if path is not None and is_export(path):
         return load_export(path)
+    if path is not None and not Path(path).exists() and pretrained.find(str(path)):
+        from .train.rundir import pretrained_run
+
+        return pretrained_run(pretrained.find(str(path)))
     return load_run(path or latest_run(), which=checkpoint)
 
 

@@ -131,6 +131,12 @@ _SPECS = [
              "this project", _sequential("resnets", "resnet_photo"),
              dict(_MODERN, lr=0.1, weight_decay=5e-4, schedule="onecycle", batch_size=64, epochs=30,
                   image_size=128, augment="flip,crop", label_smoothing=0.1, tta_flip=True)),
+    # Without --pretrained it trains from scratch like the others; with ImageNet weights
+    # (`cnncli.pretrained`) a new head is trained on 224x224 inputs normalised as ImageNet was.
+    ArchSpec("efficientnet_lite0", "EfficientNet-Lite0: stem, 16 MBConv blocks (depthwise, ReLU6), 1x1 head 1280",
+             "Tan & Le 2019 (seed 004's transfer learning)", _sequential("efficientnet", "efficientnet_lite0"),
+             dict(_MODERN, lr=0.05, weight_decay=4e-5, schedule="cosine", batch_size=32, epochs=30, image_size=224,
+                  augment="flip,crop", label_smoothing=0.1), dropout=0.2),
 ]
 ARCHS: dict[str, ArchSpec] = {s.name: s for s in _SPECS}
 

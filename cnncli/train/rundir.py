@@ -212,3 +212,22 @@ def _sub(arrays: dict, prefix: str) -> dict:
     """The entries under `prefix/` of a flat checkpoint, with the prefix removed."""
     p = prefix + "/"
     return {k[len(p):]: v for k, v in arrays.items() if k.startswith(p)}
+
+
+def pretrained_run(spec, weights_file: str | None = None) -> Run:
+    """A pretrained network as published, with its own classes and no training: `cnn predict --model imagenet`."""
+    from .. import calibrate
+    from ..host import cache_root
+    from ..pretrained import network
+    from ..runtime import setup_jax
+
+    setup_jax()
+    model = network(spec, weights_file)
+    model.eval()
+    shape = (spec.image_size, spec.image_size, 3)
+    classes = spec.classes()
+    cfg = {"arch": spec.arch, "pretrained": spec.name,
+           "data": {"name": spec.name, "classes": classes, "input_shape": list(shape)}}
+    note = f"{spec.arch} with its {spec.name} weights as published: probabilities not recalibrated"
+    return Run(cache_root() / "pretrained", cfg, model, classes, shape, False, spec.mean, spec.std,
+               calibration=dict(calibrate.NO_VAL, note=note))

