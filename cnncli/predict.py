@@ -87,7 +87,7 @@ def prepare(path, run, invert: str = "auto") -> Prepared:
     mode = "L" if c == 1 else "RGB"
     box = digit_box(run)
     if box is None:
-        return Prepared(decode_image(path, (h, w), mode), [])
+        return Prepared(decode_image(path, (h, w), mode, getattr(run, "fit", "squash")), [])
     gray = decode_image(path, None, "L")[..., 0]
     inverted = invert == "yes" or (invert == "auto" and background_is_light(gray))
     if gray.shape == (h, w) and not inverted:

@@ -98,7 +98,7 @@ def test_init_from_a_10_class_run_starts_a_2_class_head_from_its_class_rows(tmp_
     from cnncli.data import load_dataset
     from cnncli.models import create_model
     from cnncli.train import load_run
-    from cnncli.train.engine import _init_from, head_rows
+    from cnncli.train.transfer import head_rows, init_from as _init_from
     from cnncli.train.step import split
 
     src = trained_run(tmp_path_factory, "digits", dataset="digits")

@@ -13,7 +13,7 @@ import pytest
 from jax import lax
 from pathlib import Path
 
-from cnncli import pretrained
+from cnncli import kernels, pretrained
 from cnncli.errors import CnnError
 from cnncli.models import depthwise
 from cnncli.models.layers import _window_pads
@@ -116,8 +116,10 @@ def test_predict_with_the_imagenet_model(data_dir):
 
 
 @pytest.mark.parametrize("n,side,c,k,s", [(2, 12, 8, 3, 1), (2, 13, 8, 3, 2), (2, 9, 16, 5, 1), (2, 10, 16, 5, 2)])
-@pytest.mark.parametrize("form", ["xla", "slices"])
+@pytest.mark.parametrize("form", ["xla", "slices", "onednn"])
 def test_depthwise_forms_match_the_grouped_convolution(n, side, c, k, s, form):
+    if form == "onednn" and not kernels.available():
+        pytest.skip(f"no oneDNN kernels: {kernels.why_not()}")
     rng = np.random.default_rng(0)
     x = jnp.asarray(rng.standard_normal((n, side, side, c), np.float32))
     w = jnp.asarray(rng.standard_normal((k, k, 1, c), np.float32))

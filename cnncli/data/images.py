@@ -37,10 +37,12 @@ class BadImage(CnnError):
         self.reason = reason
 
 
-def decode_image(path_or_bytes, size=None, mode: str = "RGB") -> np.ndarray:
+def decode_image(path_or_bytes, size=None, mode: str = "RGB", fit: str = "squash") -> np.ndarray:
     """Decode a file path or encoded bytes into uint8 (H, W, C); C is 3 for RGB, 1 for L.
 
-    `size` is (H, W) (or one int for a square); None keeps the image's own size.
+    `size` is (H, W) (or one int for a square); None keeps the image's own size. `fit`: "squash"
+    resizes the whole image to `size`; "crop" keeps its aspect ratio, resizing it to cover `size`
+    and cutting the centre (how ImageNet-trained networks were evaluated).
     Raises `BadImage` (a CnnError) with a one-line reason for empty, truncated, non-image
     or decompression-bomb input.
     """
@@ -48,7 +50,7 @@ def decode_image(path_or_bytes, size=None, mode: str = "RGB") -> np.ndarray:
         raise CnnError(f"image mode must be one of {', '.join(MODES)}, not {mode!r}")
     label, data = _read(path_or_bytes)
     img = open_image(data, label)
-    return to_array(img, _hw(size), mode, label)
+    return to_array(img, _hw(size), mode, label, fit)
 
 
 def open_image(data: bytes, label: str = "") -> Image.Image:
@@ -71,8 +73,13 @@ def open_image(data: bytes, label: str = "") -> Image.Image:
         raise BadImage(label, reason) from None
 
 
-def to_array(img: Image.Image, size: tuple[int, int] | None, mode: str, label: str = "") -> np.ndarray:
-    """Convert a decoded Pillow image to `mode`, resize to (H, W) with BILINEAR, return uint8 HWC."""
+FITS = ("squash", "crop")
+
+
+def to_array(img: Image.Image, size: tuple[int, int] | None, mode: str, label: str = "", fit: str = "squash"
+             ) -> np.ndarray:
+    """Convert a decoded Pillow image to `mode`, resize to (H, W) with BILINEAR (`fit` as in
+    `decode_image`), return uint8 HWC."""
     try:
         img = _flatten(img)
         if img.mode != mode:
@@ -80,12 +87,25 @@ def to_array(img: Image.Image, size: tuple[int, int] | None, mode: str, label: s
                 # "Palette images with transparency ... should be converted to RGBA": harmless here.
                 warnings.simplefilter("ignore", UserWarning)
                 img = img.convert(mode)
+        if size is not None and fit == "crop":
+            img = _cover_crop(img, size)
         if size is not None and img.size != (size[1], size[0]):
             img = img.resize((size[1], size[0]), Image.BILINEAR)
         arr = np.asarray(img, dtype=np.uint8)
     except (OSError, ValueError) as e:
         raise BadImage(label, f"corrupt ({str(e).splitlines()[0][:60]})") from None
     return arr[..., None] if arr.ndim == 2 else arr
+
+
+def _cover_crop(img: Image.Image, size: tuple[int, int]) -> Image.Image:
+    """`img` resized (aspect ratio kept) to the smallest size covering (H, W), then its centre (H, W)."""
+    h, w = size
+    scale = max(h / img.height, w / img.width)
+    cover = (max(w, round(img.width * scale)), max(h, round(img.height * scale)))
+    if cover != img.size:
+        img = img.resize(cover, Image.BILINEAR)
+    left, top = (cover[0] - w) // 2, (cover[1] - h) // 2
+    return img.crop((left, top, left + w, top + h))
 
 
 def _flatten(img: Image.Image) -> Image.Image:

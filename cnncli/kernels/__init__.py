@@ -86,7 +86,7 @@ def impl(geo: tuple) -> str | None:
     lib = load()
     if lib is None:
         return None
-    arr = (ctypes.c_int64 * 17)(*geo)
+    arr = (ctypes.c_int64 * 18)(*geo)
     buf = ctypes.create_string_buffer(256)
     return buf.value.decode() if lib.cnn_impl(arr, buf, 256) == 0 else None
 
@@ -119,15 +119,18 @@ def fast(geo: tuple) -> bool:
     return name is not None and not name.startswith("ref")
 
 
-def _geo(kind, dtype, x_shape, window, out_ch, out_hw, strides, pads) -> tuple:
+def _geo(kind, dtype, x_shape, window, out_ch, out_hw, strides, pads, groups=1) -> tuple:
     n, h, w, c = x_shape
     (pt, pb), (pl, pr) = pads
     return (kind, int(np.dtype(dtype) != np.float32), n, h, w, c, window[0], window[1], out_ch, out_hw[0],
-            out_hw[1], strides[0], strides[1], pt, pb, pl, pr)
+            out_hw[1], strides[0], strides[1], pt, pb, pl, pr, groups)
 
 
 def conv_geo(kind, dtype, x_shape, kernel_shape, out_hw, strides, pads) -> tuple:
-    return _geo(kind, dtype, x_shape, kernel_shape[:2], kernel_shape[3], out_hw, strides, pads)
+    """A convolution's geometry; an HWIO kernel with fewer input channels than x has is grouped
+    (depthwise: one per group)."""
+    return _geo(kind, dtype, x_shape, kernel_shape[:2], kernel_shape[3], out_hw, strides, pads,
+                x_shape[3] // kernel_shape[2])
 
 
 def pool_geo(kind, dtype, x_shape, window, out_hw, strides, pads) -> tuple:

@@ -52,11 +52,12 @@ struct Geo {
   int64_t kh, kw, o;      // window and output channels (pooling: o == c)
   int64_t oh, ow;         // output spatial size
   int64_t sh, sw, pt, pb, pl, pr;
+  int64_t groups;         // convolution: c / the kernel's input channels (c for a depthwise one); pooling: 1
   std::string key() const {
     std::ostringstream s;
     s << kind << ':' << bf16 << ':' << n << ',' << h << ',' << w << ',' << c << ':' << kh << ',' << kw << ','
       << o << ':' << oh << ',' << ow << ':' << sh << ',' << sw << ':' << pt << ',' << pb << ',' << pl << ','
-      << pr;
+      << pr << ':' << groups;
     return s.str();
   }
 };
@@ -118,12 +119,20 @@ void set_weights(Prim& p, const memory::desc& user, const memory::desc& prim, bo
   }
 }
 
+// The weights as JAX holds them: HWIO, or for G groups (kh, kw, c/G, o) = oneDNN's (G, o/G, c/G, kh, kw)
+// in h, w, i, g, o order (hwigo); `tag::any` lets the primitive choose its own layout.
+memory::desc weights(const Geo& g, memory::data_type t, tag layout) {
+  if (g.groups == 1) return memory::desc({g.o, g.c, g.kh, g.kw}, t, layout);
+  return memory::desc({g.groups, g.o / g.groups, g.c / g.groups, g.kh, g.kw}, t,
+                      layout == tag::any ? tag::any : tag::hwigo);
+}
+
 std::unique_ptr<Prim> make_conv(const Geo& g) {
   using namespace dnnl;
   auto t = act_type(g);
   memory::dims strides{g.sh, g.sw}, pl{g.pt, g.pl}, pr{g.pb, g.pr};
   auto src = nhwc(g.n, g.h, g.w, g.c, t), dst = nhwc(g.n, g.oh, g.ow, g.o, t);
-  auto w_any = memory::desc({g.o, g.c, g.kh, g.kw}, t, tag::any);
+  auto w_any = weights(g, t, tag::any);
   auto p = std::make_unique<Prim>();
   auto attr = user_scratchpad();
   auto fwd = convolution_forward::primitive_desc(eng(), g.kind == 0 ? prop_kind::forward_inference
@@ -131,23 +140,22 @@ std::unique_ptr<Prim> make_conv(const Geo& g) {
                                                  algorithm::convolution_direct, src, w_any, dst, strides, pl, pr,
                                                  attr);
   if (g.kind == 0) {
-    set_weights(*p, memory::desc({g.o, g.c, g.kh, g.kw}, t, tag::hwio), fwd.weights_desc(), false);
+    set_weights(*p, weights(g, t, tag::hwio), fwd.weights_desc(), false);
     p->impl = fwd.impl_info_str();
     p->scratch = fwd.scratchpad_desc();
     p->prim = convolution_forward(fwd);
   } else if (g.kind == 1) {
     auto bwd = convolution_backward_data::primitive_desc(eng(), algorithm::convolution_direct, src, w_any, dst,
                                                          strides, pl, pr, fwd, attr);
-    set_weights(*p, memory::desc({g.o, g.c, g.kh, g.kw}, t, tag::hwio), bwd.weights_desc(), false);
+    set_weights(*p, weights(g, t, tag::hwio), bwd.weights_desc(), false);
     p->impl = bwd.impl_info_str();
     p->scratch = bwd.scratchpad_desc();
     p->prim = convolution_backward_data(bwd);
   } else {
-    auto dw_any = memory::desc({g.o, g.c, g.kh, g.kw}, memory::data_type::f32, tag::any);
+    auto dw_any = weights(g, memory::data_type::f32, tag::any);
     auto bwd = convolution_backward_weights::primitive_desc(eng(), algorithm::convolution_direct, src, dw_any, dst,
                                                             strides, pl, pr, fwd, attr);
-    set_weights(*p, memory::desc({g.o, g.c, g.kh, g.kw}, memory::data_type::f32, tag::hwio),
-                bwd.diff_weights_desc(), true);
+    set_weights(*p, weights(g, memory::data_type::f32, tag::hwio), bwd.diff_weights_desc(), true);
     p->impl = bwd.impl_info_str();
     p->scratch = bwd.scratchpad_desc();
     p->prim = convolution_backward_weights(bwd);
@@ -267,8 +275,9 @@ ffi::Error guarded(F f) {
 // `guarded`, once the operands' type is one we take.
 template <typename Dims>
 Geo geometry(int64_t kind, ffi::DataType t, const Dims& x, int64_t kh, int64_t kw, int64_t o, const Dims& y,
-             int64_t sh, int64_t sw, int64_t pt, int64_t pb, int64_t pl, int64_t pr) {
-  return Geo{kind, is_bf16(t), x[0], x[1], x[2], x[3], kh, kw, o, y[1], y[2], sh, sw, pt, pb, pl, pr};
+             int64_t sh, int64_t sw, int64_t pt, int64_t pb, int64_t pl, int64_t pr, int64_t in_per_group = 0) {
+  int64_t groups = in_per_group > 0 ? x[3] / in_per_group : 1;
+  return Geo{kind, is_bf16(t), x[0], x[1], x[2], x[3], kh, kw, o, y[1], y[2], sh, sw, pt, pb, pl, pr, groups};
 }
 
 template <typename F>
@@ -281,7 +290,8 @@ ffi::Error checked(ffi::DataType t, F f) {
 ffi::Error ConvFwd(ffi::AnyBuffer x, ffi::AnyBuffer w, ffi::Result<ffi::AnyBuffer> y, int64_t sh, int64_t sw,
                    int64_t pt, int64_t pb, int64_t pl, int64_t pr) {
   auto wd = w.dimensions();
-  Geo g = geometry(0, x.element_type(), x.dimensions(), wd[0], wd[1], wd[3], y->dimensions(), sh, sw, pt, pb, pl, pr);
+  Geo g = geometry(0, x.element_type(), x.dimensions(), wd[0], wd[1], wd[3], y->dimensions(), sh, sw, pt, pb, pl, pr,
+                   wd[2]);
   return checked(x.element_type(), [&] { run_conv(g, x.untyped_data(), w.untyped_data(), y->untyped_data()); });
 }
 
@@ -289,14 +299,15 @@ ffi::Error ConvBwdData(ffi::AnyBuffer dy, ffi::AnyBuffer w, ffi::Result<ffi::Any
                        int64_t pt, int64_t pb, int64_t pl, int64_t pr) {
   auto wd = w.dimensions();
   Geo g = geometry(1, dy.element_type(), dx->dimensions(), wd[0], wd[1], wd[3], dy.dimensions(), sh, sw, pt, pb, pl,
-                   pr);
+                   pr, wd[2]);
   return checked(dy.element_type(), [&] { run_conv(g, dy.untyped_data(), w.untyped_data(), dx->untyped_data()); });
 }
 
 ffi::Error ConvBwdWeights(ffi::AnyBuffer x, ffi::AnyBuffer dy, ffi::Result<ffi::AnyBuffer> dw, int64_t sh,
                           int64_t sw, int64_t pt, int64_t pb, int64_t pl, int64_t pr) {
   auto wd = dw->dimensions();
-  Geo g = geometry(2, x.element_type(), x.dimensions(), wd[0], wd[1], wd[3], dy.dimensions(), sh, sw, pt, pb, pl, pr);
+  Geo g = geometry(2, x.element_type(), x.dimensions(), wd[0], wd[1], wd[3], dy.dimensions(), sh, sw, pt, pb, pl, pr,
+                   wd[2]);
   return checked(x.element_type(), [&] { run_conv(g, x.untyped_data(), dy.untyped_data(), dw->untyped_data()); });
 }
 
@@ -342,7 +353,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(cnn_pool_bwd, PoolBwd,
 // written into `out`. Returns 0, or -1 with the error in `out` when no primitive exists for it.
 extern "C" int cnn_impl(const int64_t* geo, char* out, int64_t len) {
   Geo g{geo[0], geo[1], geo[2], geo[3], geo[4], geo[5], geo[6], geo[7], geo[8], geo[9], geo[10],
-        geo[11], geo[12], geo[13], geo[14], geo[15], geo[16]};
+        geo[11], geo[12], geo[13], geo[14], geo[15], geo[16], geo[17]};
   std::string s;
   int rc = 0;
   try {

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 
+import jax
 import jax.numpy as jnp
 from flax import nnx
 
@@ -164,9 +165,12 @@ class SeqNet(nnx.Module):
     def __init__(self, layers: list, arch: str):
         self.layers = nnx.List(layers)
         self.arch = arch
+        self.frozen = 0  # layers [0, frozen) are not trained (`--freeze`): no gradient is traced through them
 
     def __call__(self, x):
-        for layer in self.layers:
+        for i, layer in enumerate(self.layers):
+            if i == self.frozen and i:
+                x = jax.lax.stop_gradient(x)
             x = layer(x)
         return x
 

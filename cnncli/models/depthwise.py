@@ -19,8 +19,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from .. import tuner
-from .layers import _NHWC, F32, _out_hw, _pick, _taps, _window_pads
+from .. import kernels, tuner
+from .layers import _NHWC, F32, _onednn_has, _out_hw, _pick, _taps, _window_pads
 
 
 def _fwd_xla(x, kernel, strides, pads):
@@ -73,14 +73,31 @@ def _kgrad_slices(x, dy, kernel_shape, strides, pads):
     return lax.scan(add_image, start, (xp, dy))[0].reshape(kernel_shape)
 
 
-FWD = {"xla": _fwd_xla, "slices": _fwd_slices}
-IGRAD = {"xla": _igrad_xla, "slices": _igrad_slices}
-KGRAD = {"xla": _kgrad_xla, "slices": _kgrad_slices}
+def _fwd_onednn(x, kernel, strides, pads):
+    return kernels.conv_fwd(x, kernel, _out_hw(x.shape, kernel.shape[:2], strides, pads), strides, pads)
+
+
+def _igrad_onednn(dy, kernel, x_shape, strides, pads):
+    return kernels.conv_bwd_data(dy, kernel, x_shape, strides, pads)
+
+
+def _kgrad_onednn(x, dy, kernel_shape, strides, pads):
+    return kernels.conv_bwd_weights(x, dy, kernel_shape, strides, pads)
+
+
+# oneDNN's grouped convolution with one channel per group (its depthwise kernels).
+FWD = {"xla": _fwd_xla, "slices": _fwd_slices, "onednn": _fwd_onednn}
+IGRAD = {"xla": _igrad_xla, "slices": _igrad_slices, "onednn": _igrad_onednn}
+KGRAD = {"xla": _kgrad_xla, "slices": _kgrad_slices, "onednn": _kgrad_onednn}
+
+
+def _applies(kind, x_shape, kernel_shape, dtype, strides, pads):
+    return lambda n: n != "onednn" or _onednn_has(kind, x_shape, kernel_shape, dtype, strides, pads)
 
 
 def _forward(x, kernel, strides, pads):
-    name = _pick("dwconv_fwd", FWD, lambda n: True, [(x.shape, x.dtype), (kernel.shape, kernel.dtype)],
-                 strides=strides, pads=pads)
+    name = _pick("dwconv_fwd", FWD, _applies(kernels.CONV_FWD, x.shape, kernel.shape, x.dtype, strides, pads),
+                 [(x.shape, x.dtype), (kernel.shape, kernel.dtype)], strides=strides, pads=pads)
     return FWD[name](x, kernel, strides, pads)
 
 
@@ -96,10 +113,12 @@ def _dwconv_fwd(x, kernel, strides, pads):
 def _dwconv_bwd(strides, pads, res, dy):
     x, kernel = res
     ins = [(x.shape, x.dtype), (dy.shape, dy.dtype)]
-    kname = _pick("dwconv_kgrad", KGRAD, lambda n: True, ins, kernel_shape=tuple(kernel.shape), strides=strides,
+    kname = _pick("dwconv_kgrad", KGRAD,
+                  _applies(kernels.CONV_BWD_WEIGHTS, x.shape, kernel.shape, x.dtype, strides, pads), ins,
+                  kernel_shape=tuple(kernel.shape), strides=strides, pads=pads)
+    iname = _pick("dwconv_igrad", IGRAD, _applies(kernels.CONV_BWD_DATA, x.shape, kernel.shape, x.dtype, strides, pads),
+                  [(dy.shape, dy.dtype), (kernel.shape, kernel.dtype)], x_shape=tuple(x.shape), strides=strides,
                   pads=pads)
-    iname = _pick("dwconv_igrad", IGRAD, lambda n: True, [(dy.shape, dy.dtype), (kernel.shape, kernel.dtype)],
-                  x_shape=tuple(x.shape), strides=strides, pads=pads)
     dw = KGRAD[kname](x, dy, kernel.shape, strides, pads)
     dx = IGRAD[iname](dy, kernel, x.shape, strides, pads)
     return dx, dw.astype(kernel.dtype)

@@ -51,6 +51,11 @@ def efficientnet_lite0(model, state: dict, head: bool) -> None:
 MAPPERS = {"efficientnet_lite0": efficientnet_lite0}
 
 
+def head_size(model, arch: str) -> int:
+    """Outputs of the model's classifier (its last layer, a Dense)."""
+    return int(model.layers[-1].weight.shape[0])
+
+
 def load_into(model, arch: str, state: dict, head: bool) -> None:
     try:
         MAPPERS[arch](model, state, head)

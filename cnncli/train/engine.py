@@ -36,6 +36,7 @@ from .feed import Feeder, mesh as make_mesh, order, put
 from .logs import EpochLog
 from .progress import Progress
 from .step import TrainState, make_eval_step, make_train_step, split, zero_metrics
+from .transfer import first_trained_layer, init_from, load_pretrained, pretrained_normalization, trainable_mask
 
 
 
@@ -149,12 +150,19 @@ def _fit(cfg: TrainConfig, progress: Progress, resume: Path | None, lock, t_star
                        f"(at most {min(ds.shape[:2]) - 1} px)")
     c = ds.shape[-1]
     mean, std = (ds.mean, ds.std) if cfg.normalize == "standard" else ((0.0,) * c, (1.0,) * c)
+    if cfg.pretrained:  # the weights learnt on inputs normalised their way
+        mean, std = pretrained_normalization(cfg.arch, cfg.pretrained, c)
     model = create_model(cfg.arch, ds.shape, num_classes, activation=cfg.activation, dropout=cfg.dropout, seed=seed)
     binary = get_arch(cfg.arch).binary_head and num_classes == 2
     last = None if resume is None else Path(resume) / "checkpoints" / "last.msgpack"
     if last is None or not last.is_file():  # a resumed run has them in its checkpoint (2 s saved for airbench94)
         _init_from_data(model, ds.train.x, mean, std, seed)
-    gtrain, geval, params, rest = split(model)
+        if cfg.pretrained:
+            progress.note(load_pretrained(model, cfg.arch, cfg.pretrained, cfg.weights, num_classes))
+    # Pretrained BatchNorm layers keep the statistics of the data they learnt on (Keras' advice for
+    # fine-tuning): a batch of 32 photos is a noisy estimate of them.
+    first_trained = first_trained_layer(model, cfg.freeze)
+    gtrain, geval, params, rest = split(model, keep_statistics=bool(cfg.pretrained), frozen=first_trained)
 
     mesh = make_mesh()
     n_train = len(ds.train.y)
@@ -166,12 +174,10 @@ def _fit(cfg: TrainConfig, progress: Progress, resume: Path | None, lock, t_star
         progress.note(f"only {n_train} training images: batch size lowered to {bs}")
     steps_per_epoch = n_train // bs
 
-    trainable = None
     if cfg.init_from:
-        params, rest, note = _init_from(cfg.init_from, params, rest, ds.classes, binary)
+        params, rest, note = init_from(cfg.init_from, params, rest, ds.classes, binary)
         progress.note(note)
-        if cfg.freeze == "features":
-            trainable = _head_mask(params)
+    trainable = trainable_mask(params, first_trained) if first_trained else None
     replicated = NamedSharding(mesh, P())
     feeder = Feeder(mesh, ds.train.x, ds.train.y)
 
@@ -584,89 +590,6 @@ def _improved(monitor: str, row: dict, best) -> bool:
     if best is None:
         return True
     return v > best if monitor == "val_accuracy" else v < best
-
-
-def _init_from(src: str, params, rest, classes=None, binary: bool = False):
-    """Copy every layer whose path and shape match from another run (transfer learning). A classifier
-    head of another size starts from the source head's rows of the same class names when it has them
-    all (CIFAR-10's cat and dog rows for cats vs dogs; see `head_rows`), else it is re-initialised."""
-    src_dir = Path(src)
-    meta, arrays = checkpoint.load(src_dir / "checkpoints" / "best.msgpack"
-                                   if (src_dir / "checkpoints" / "best.msgpack").exists()
-                                   else src_dir / "checkpoints" / "last.msgpack")
-    weights = "ema" if meta.get("use_ema") else "params"  # what the source run evaluated and kept
-    copied, fresh = 0, []
-
-    def take(prefix, tree, source_prefix):
-        nonlocal copied
-        flat = checkpoint.flatten(tree)
-        for k, v in flat.items():
-            src_v = arrays.get(f"{source_prefix}/{k}")
-            if src_v is not None and src_v.shape == v.shape:
-                flat[k] = src_v
-                copied += 1
-            elif prefix == "params":
-                fresh.append(k)
-        if prefix == "params" and classes is not None:
-            fresh[:] = _head_by_class(flat, fresh, arrays, source_prefix, src_dir, list(classes), binary)
-        return checkpoint.unflatten_into(tree, flat, src)
-
-    params, rest = take("params", params, weights), take("rest", rest, "rest")
-    if not copied:
-        raise CnnError(f"nothing in {src} matches this architecture; --init-from needs a run of the same arch")
-    note = f"initialised from {src}: {copied} arrays copied"
-    if fresh:
-        note += f"; re-initialised: {', '.join(sorted(set(k.rsplit('/', 1)[0] for k in fresh)))}"
-    return params, rest, note
-
-
-def _head_by_class(flat: dict, fresh: list, arrays: dict, prefix: str, src_dir: Path, classes, binary: bool) -> list:
-    """Fill the re-initialised head (weight and bias of the last layer) from the source head's rows of
-    the same classes, in place; returns what is still fresh."""
-    head = [k for k in fresh if k.rsplit("/", 1)[-1] in ("weight", "bias")]
-    layers = {k.rsplit("/", 1)[0] for k in head}
-    last = max(flat, key=_layer_key)  # a key of the last layer with parameters
-    if len(layers) != 1 or last.rsplit("/", 1)[0] not in layers:
-        return fresh
-    try:
-        src_classes = [c.lower() for c in rundir.read_config(src_dir)["data"]["classes"]]
-        rows = [src_classes.index(c.lower()) for c in classes]
-    except (CnnError, KeyError, ValueError):
-        return fresh  # classes the source never had: nothing to start from
-    filled = []
-    for k in head:
-        src_v = arrays.get(f"{prefix}/{k}")
-        if src_v is None:
-            continue
-        v = head_rows(src_v, rows, binary)
-        if v.shape == flat[k].shape:
-            flat[k], filled = v.astype(flat[k].dtype), filled + [k]
-    return fresh if len(filled) != len(head) else [k for k in fresh if k not in filled]
-
-
-def head_rows(source, rows: list[int], binary: bool):
-    """A head's weight (out, in) or bias (out,) for classes `rows` of the source head's outputs. A one-unit
-    sigmoid head for two classes gets row b - row a: sigmoid(z_b - z_a) is the source's softmax over
-    just those two classes."""
-    source = np.asarray(source)
-    return (source[rows[1]] - source[rows[0]])[None] if binary else source[rows]
-
-
-def _layer_key(path: str):
-    return tuple(int(p) if p.isdigit() else p for p in path.split("/")[:-1])
-
-
-def _head_mask(params):
-    """True for the classifier head's parameters (trained), False for the features (frozen).
-
-    The head is the last layer that has parameters: every architecture is a `SeqNet` whose
-    parameters live under `layers/<index>/`.
-    """
-    def layer_of(path):
-        return _layer_key(checkpoint.path_str(path))
-
-    head = max(layer_of(p) for p, _ in jax.tree_util.tree_flatten_with_path(params)[0])
-    return jax.tree_util.tree_map_with_path(lambda p, _: layer_of(p) == head, params)
 
 
 def _data_record(ds, mean, std) -> dict:

@@ -115,6 +115,7 @@ class Run:
     tta_scales: tuple = ()  # and views at these shares of the side, as training's evaluation did
     calibration: dict | None = None  # calibration.json (temperature, unsure threshold); None: none written
     precision: str = "auto"  # of inference: fp32, bf16, or auto (bf16 where this CPU runs it faster)
+    fit: str = "squash"  # how a photo meets the input size (data.images.decode_image): squash or crop
 
     def preprocess(self, x_uint8):
         """uint8 NHWC -> the float batch the model was trained on."""
@@ -230,4 +231,4 @@ def pretrained_run(spec, weights_file: str | None = None) -> Run:
            "data": {"name": spec.name, "classes": classes, "input_shape": list(shape)}}
     note = f"{spec.arch} with its {spec.name} weights as published: probabilities not recalibrated"
     return Run(cache_root() / "pretrained", cfg, model, classes, shape, False, spec.mean, spec.std,
-               calibration=dict(calibrate.NO_VAL, note=note))
+               calibration=dict(calibrate.NO_VAL, note=note), fit=spec.fit)

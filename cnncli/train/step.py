@@ -32,11 +32,23 @@ def zero_metrics():
     return jnp.zeros((3,), jnp.float32), jnp.array(jnp.inf, jnp.float32)
 
 
-def split(model):
-    """(train graphdef, eval graphdef, params, rest): the two graphdefs differ only in mode flags."""
+def split(model, keep_statistics: bool = False, frozen: int = 0):
+    """(train graphdef, eval graphdef, params, rest): the two graphdefs differ only in mode flags.
+
+    `keep_statistics`: BatchNorm layers normalise with their running statistics in training too, and
+    leave them as they are (pretrained ones). `frozen`: the first `frozen` layers (`--freeze`) run in
+    inference mode in training too, and no gradient is traced through them (`SeqNet.frozen`)."""
     model.train()
+    if keep_statistics:
+        for _, m in nnx.iter_graph(model):
+            if isinstance(m, nnx.BatchNorm):
+                m.use_running_average = True
+    for layer in list(model.layers)[:frozen]:
+        layer.eval()
+    model.frozen = frozen
     gtrain, params, rest = nnx.split(model, nnx.Param, ...)
     model.eval()
+    model.frozen = 0
     geval = nnx.graphdef(model)
     return gtrain, geval, params, rest
 
