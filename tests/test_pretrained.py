@@ -139,3 +139,52 @@ def test_depthwise_forms_match_the_grouped_convolution(n, side, c, k, s, form):
     y2, vjp2 = jax.vjp(lambda x, w: depthwise.depthwise_conv(x, w, s), x, w)
     np.testing.assert_allclose(y2, y, atol=1e-4, rtol=1e-4)
     np.testing.assert_allclose(vjp2(dy)[1], dw, atol=1e-3, rtol=1e-4)
+
+
+def test_fine_tuning_above_a_cached_frozen_prefix(data_dir, tmp_path):
+    """--pretrained with --freeze N: layers 0..N-1 run once per image and view; the run's checkpoint is the
+    whole network, and the full network on the test images scores exactly what training reported."""
+    from cnncli.evaluate import evaluate
+    from cnncli.train import load_run
+
+    _weights_file()
+    r = cli("train", "--arch", "efficientnet_lite0", "--pretrained", "imagenet", "--dataset", "cats_vs_dogs",
+            "--limit", "96", "--image-size", "64", "--epochs", "2", "--freeze", "13", "--augment", "flip",
+            "--tta-flip", "--val-split", "0.25", "--out", tmp_path, "--json")
+    assert r.returncode == 0, r.stderr
+    summary = json.loads(r.stdout.strip().splitlines()[-1])
+    assert "outputs computed once" in r.stderr and "a new head for 2 classes" in r.stderr
+    cfg = json.loads((Path(summary["run_dir"]) / "config.json").read_text())
+    assert cfg["pretrained"] == "imagenet" and cfg["data"]["mean"] == list(SPEC.mean)
+    run = load_run(summary["run_dir"])
+    # The frozen layers are ImageNet's, untouched; the head is new.
+    state = pretrained.arrays(SPEC)
+    np.testing.assert_array_equal(np.asarray(run.model.layers[5].depthwise.kernel[...]),
+                                  state["_blocks.4._depthwise_conv.weight"].transpose(2, 3, 1, 0))
+    assert run.model.layers[-1].weight.shape == (2, 1280)
+    report = evaluate(summary["run_dir"])
+    assert report.accuracy == pytest.approx(summary["test_accuracy"], abs=1e-9) and report.n > 10
+
+
+def test_pretrained_options_are_checked():
+    r = cli("train", "--arch", "net1", "--pretrained", "imagenet")
+    assert r.returncode == 2 and "no pretrained weights 'imagenet' for arch net1" in r.stderr
+    r = cli("train", "--arch", "efficientnet_lite0", "--weights", "x.pth")
+    assert r.returncode == 2 and "--weights FILE needs --pretrained" in r.stderr
+    r = cli("train", "--arch", "efficientnet_lite0", "--freeze", "0")
+    assert r.returncode == 2 and "--freeze" in r.stderr
+
+
+def test_crop_fit_keeps_the_centre(tmp_path):
+    from PIL import Image
+
+    from cnncli.data import decode_image
+
+    wide = np.zeros((100, 300, 3), np.uint8)
+    wide[:, 100:200] = (0, 0, 255)  # a blue centre square between black bands
+    Image.fromarray(wide).save(tmp_path / "wide.png")
+    crop = decode_image(tmp_path / "wide.png", (50, 50), "RGB", "crop")
+    inner = crop[:, 2:-2]  # the edge columns blend with the bands in the resize
+    assert crop.shape == (50, 50, 3) and (inner[..., 2] > 250).all() and (inner[..., :2] < 5).all()
+    squash = decode_image(tmp_path / "wide.png", (50, 50), "RGB")
+    assert (squash[:, :10, 2] < 5).all()  # squashed: the black bands are still there

@@ -166,9 +166,12 @@ class SeqNet(nnx.Module):
         self.layers = nnx.List(layers)
         self.arch = arch
         self.frozen = 0  # layers [0, frozen) are not trained (`--freeze`): no gradient is traced through them
+        self.start = 0  # the input is layer `start`'s (train/prefix.py: the frozen layers' output, cached)
 
     def __call__(self, x):
         for i, layer in enumerate(self.layers):
+            if i < self.start:
+                continue
             if i == self.frozen and i:
                 x = jax.lax.stop_gradient(x)
             x = layer(x)

@@ -28,7 +28,7 @@ from ..errors import CnnError
 from ..faultpoints import point
 from ..fsutil import write_json
 from ..tables import sig
-from . import checkpoint, rundir
+from . import checkpoint, prefix, rundir
 from .config import TrainConfig, augment_list, crop_pad, scale_list, seed_value
 from .optim import DEFAULT_LR, learning_rate, make_optimizer, norm_bias_mask
 from .budget import epochs_within_budget
@@ -162,7 +162,13 @@ def _fit(cfg: TrainConfig, progress: Progress, resume: Path | None, lock, t_star
     # Pretrained BatchNorm layers keep the statistics of the data they learnt on (Keras' advice for
     # fine-tuning): a batch of 32 photos is a noisy estimate of them.
     first_trained = first_trained_layer(model, cfg.freeze)
-    gtrain, geval, params, rest = split(model, keep_statistics=bool(cfg.pretrained), frozen=first_trained)
+    cached = prefix.cacheable(cfg, first_trained)
+    if cached:  # the frozen layers run once per image and view, not once per epoch (train/prefix.py)
+        ds = prefix.dataset(ds, model, first_trained, mean, std, prefix.views(cfg))
+        progress.note(f"layers 0-{first_trained - 1} frozen: their outputs computed once; training runs "
+                      f"layers {first_trained} and up on them")
+    gtrain, geval, params, rest = split(model, keep_statistics=bool(cfg.pretrained), frozen=first_trained,
+                                        start=first_trained if cached else 0)
 
     mesh = make_mesh()
     n_train = len(ds.train.y)
@@ -181,10 +187,13 @@ def _fit(cfg: TrainConfig, progress: Progress, resume: Path | None, lock, t_star
     replicated = NamedSharding(mesh, P())
     feeder = Feeder(mesh, ds.train.x, ds.train.y)
 
-    if cfg.precision == "auto":
+    if cfg.precision == "auto" and cached:  # its steps take features: _synthetic's images would not fit
+        cfg.precision = "fp32"
+        progress.note("precision: fp32 (above a cached frozen prefix, not measured)")
+    elif cfg.precision == "auto":
         cfg.precision, why = _auto_precision(cfg, gtrain, params, rest, binary, mean, std, bs, ds.shape, num_classes)
         progress.note(f"precision: {cfg.precision} ({why})")
-    use_kernels = _kernels_choice(cfg, gtrain, params, rest, binary, mean, std, bs, ds.shape, num_classes)
+    use_kernels = cached or _kernels_choice(cfg, gtrain, params, rest, binary, mean, std, bs, ds.shape, num_classes)
 
     def build():
         """The optimizer (its schedule spans cfg.epochs), the initial state and the jitted step."""
@@ -193,7 +202,7 @@ def _fit(cfg: TrainConfig, progress: Progress, resume: Path | None, lock, t_star
         step = make_train_step(gtrain, tx, binary=binary, mean=mean, std=std,
                                augment_ops=tuple(augment_list(cfg.augment)), smoothing=cfg.label_smoothing,
                                ema_decay=cfg.ema, precision=cfg.precision, seed=seed, gather=feeder.resident,
-                               steps_per_epoch=steps_per_epoch, use_kernels=use_kernels)
+                               steps_per_epoch=steps_per_epoch, use_kernels=use_kernels, features=cached)
         return state, step
 
     state, train_step = build()
@@ -215,7 +224,7 @@ def _fit(cfg: TrainConfig, progress: Progress, resume: Path | None, lock, t_star
         state = jax.device_put(state, replicated)
         loop.train_seconds += calibration_seconds  # timing the step is part of training
         eval_step = make_eval_step(geval, binary=binary, mean=mean, std=std, tta_flip=cfg.tta_flip,
-                                    tta_shift=cfg.tta_shift, tta_scales=scale_list(cfg.tta_scales))
+                                    tta_shift=cfg.tta_shift, tta_scales=scale_list(cfg.tta_scales), features=cached)
         lr_at = learning_rate(cfg, steps_per_epoch)
         lr_at = lr_at if callable(lr_at) else (lambda _s, v=lr_at: v)
         eval_bs = max(256, bs)

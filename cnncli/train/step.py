@@ -32,12 +32,13 @@ def zero_metrics():
     return jnp.zeros((3,), jnp.float32), jnp.array(jnp.inf, jnp.float32)
 
 
-def split(model, keep_statistics: bool = False, frozen: int = 0):
+def split(model, keep_statistics: bool = False, frozen: int = 0, start: int = 0):
     """(train graphdef, eval graphdef, params, rest): the two graphdefs differ only in mode flags.
 
     `keep_statistics`: BatchNorm layers normalise with their running statistics in training too, and
     leave them as they are (pretrained ones). `frozen`: the first `frozen` layers (`--freeze`) run in
-    inference mode in training too, and no gradient is traced through them (`SeqNet.frozen`)."""
+    inference mode in training too, and no gradient is traced through them (`SeqNet.frozen`).
+    `start`: both graphs take layer `start`'s input (train/prefix.py: the frozen layers' outputs)."""
     model.train()
     if keep_statistics:
         for _, m in nnx.iter_graph(model):
@@ -45,11 +46,12 @@ def split(model, keep_statistics: bool = False, frozen: int = 0):
                 m.use_running_average = True
     for layer in list(model.layers)[:frozen]:
         layer.eval()
-    model.frozen = frozen
+    model.frozen, model.start = frozen, start
     gtrain, params, rest = nnx.split(model, nnx.Param, ...)
     model.eval()
     model.frozen = 0
     geval = nnx.graphdef(model)
+    model.start = 0
     return gtrain, geval, params, rest
 
 
@@ -91,10 +93,13 @@ def to_compute(params, dtype):
 
 
 def make_train_step(gtrain, tx, *, binary, mean, std, augment_ops=(), smoothing=0.0, ema_decay=0.0,
-                    precision="fp32", seed=0, gather=False, steps_per_epoch=1, jit=True, use_kernels=True):
+                    precision="fp32", seed=0, gather=False, steps_per_epoch=1, jit=True, use_kernels=True,
+                    features=False):
     """step(state, metrics, x_uint8, y, idx, step) -> (state, metrics). Jitted; state and metrics donated.
 
     `use_kernels=False`: traced with no oneDNN kernel offered (tuner.kernels_in_step decides).
+    `features=True`: x is a frozen prefix's outputs (N, views, ...) (train/prefix.py), not images: each
+    example takes its mirror's view at random under the flip augmentation, else the image's.
 
     `idx` are the images' positions in the training set. With `gather=True`:
     step(state, metrics, x_all, y_all, idx, step), the batch being x_all[idx].
@@ -104,12 +109,15 @@ def make_train_step(gtrain, tx, *, binary, mean, std, augment_ops=(), smoothing=
     compute_dtype = compute_dtype_of(precision)
 
     def step_fn(state: TrainState, metrics, x, y, idx, step):
-        x = to_unit(x)
-        if augment_ops:
-            x = augment(jax.random.fold_in(base_key, step), x, augment_ops)
-        if "altflip" in augment_ops:
-            x = alternating_flip(flip_key, x, idx, step // steps_per_epoch)
-        x = normalize(x, mean, std).astype(compute_dtype)
+        if features:
+            x = feature_view(jax.random.fold_in(base_key, step), x, "flip" in augment_ops).astype(compute_dtype)
+        else:
+            x = to_unit(x)
+            if augment_ops:
+                x = augment(jax.random.fold_in(base_key, step), x, augment_ops)
+            if "altflip" in augment_ops:
+                x = alternating_flip(flip_key, x, idx, step // steps_per_epoch)
+            x = normalize(x, mean, std).astype(compute_dtype)
 
         def loss_fn(params, rest):
             params = to_compute(params, compute_dtype)  # mixed precision: fp32 master weights
@@ -139,6 +147,15 @@ def make_train_step(gtrain, tx, *, binary, mean, std, augment_ops=(), smoothing=
 
         fn = kernels.without(fn)
     return jax.jit(fn, donate_argnums=(0, 1)) if jit else fn
+
+
+def feature_view(key, x, flip: bool):
+    """One view per example of cached prefix outputs (N, views, ...): the mirror's with probability 1/2
+    under `flip` (when it was computed), else the image's."""
+    if not flip or x.shape[1] == 1:
+        return x[:, 0]
+    mirrored = jax.random.bernoulli(key, 0.5, (x.shape[0],)).reshape((-1,) + (1,) * (x.ndim - 2))
+    return jnp.where(mirrored, x[:, 1], x[:, 0])
 
 
 def tta_views(x, flip: bool, shift: int, scales=()) -> list:
@@ -190,15 +207,23 @@ def view_probabilities(model, x, binary: bool, tta_flip: bool = False, tta_shift
     return logits, probs
 
 
-def make_eval_step(geval, *, binary, mean, std, tta_flip=False, tta_shift=0, tta_scales=(), precision="fp32"):
+def make_eval_step(geval, *, binary, mean, std, tta_flip=False, tta_shift=0, tta_scales=(), precision="fp32",
+                   features=False):
     """eval(params, rest, x_uint8, y, weight) -> (loss_sum, correct, probs). Padding rows have weight 0.
-    In bf16 the layers compute as in training's mixed precision; probabilities and losses are fp32."""
+    In bf16 the layers compute as in training's mixed precision; probabilities and losses are fp32.
+    `features=True`: x is a frozen prefix's outputs (N, views, ...), the mirror's view the flipped one."""
     dtype = compute_dtype_of(precision)
 
     def chunk_fn(params, rest, x, y):
-        x = normalize(to_unit(x), mean, std).astype(dtype)
         model = nnx.merge(geval, to_compute(params, dtype), rest, copy=True)
-        logits, probs = view_probabilities(model, x, binary, tta_flip, tta_shift, tta_scales)
+        if features:
+            logits = model(x[:, 0].astype(dtype))
+            probs = probabilities(logits, binary)
+            if tta_flip:
+                probs = (probs + probabilities(model(x[:, 1].astype(dtype)), binary)) / 2
+        else:
+            x = normalize(to_unit(x), mean, std).astype(dtype)
+            logits, probs = view_probabilities(model, x, binary, tta_flip, tta_shift, tta_scales)
         losses = per_example_loss(logits, y, binary)[0]
         if tta_flip or tta_shift or tta_scales:
             losses = -jnp.log(jnp.clip(jnp.take_along_axis(probs, y[:, None], 1)[:, 0], 1e-7, 1.0))
