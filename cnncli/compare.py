@@ -196,7 +196,7 @@ def run(plan: Plan, out, progress_factory) -> dict:
     for dataset in plan.datasets:  # a missing data set fails now, not after the first one trained
         first = plan.configs[(dataset, plan.variants[0].slug, plan.seeds[0])]
         load_dataset(dataset, data_dir=first.data_dir, image_size=first.image_size, val_split=first.val_split,
-                     limit=first.limit, seed=seed_value(first.seed))  # the subset fit() will draw
+                     limit=first.limit, seed=seed_value(first.seed), fit=first.fit)  # the subset fit() will draw
     comp_dir = new_run_dir(plan.out, plan.name)
     out.print(f"comparison directory: {comp_dir}")
     shared, differ = varied_settings(plan)

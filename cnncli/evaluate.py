@@ -223,7 +223,8 @@ def dataset_for(run, other: str | None = None):
     if other is None:
         ds = load_dataset(cfg["dataset"], data_dir=data_dir, image_size=cfg.get("image_size"),
                           val_split=cfg.get("val_split", 0.0), limit=cfg.get("limit"),
-                          balance=bool(cfg.get("balance")), seed=seed_value(cfg.get("seed", 0)))
+                          balance=bool(cfg.get("balance")), seed=seed_value(cfg.get("seed", 0)),
+                          fit=cfg.get("fit", "squash"))
         recorded = cfg.get("data", {}).get("fingerprint")
         if recorded and recorded != ds.fingerprint:
             notes.append("the data set's files or preprocessing changed since training (fingerprint differs)")
@@ -232,7 +233,7 @@ def dataset_for(run, other: str | None = None):
     # of fixed shape keeps its own, so MNIST never passes for an 8x8 digits set.
     fixed = get_spec(other).shape[0] is not None
     ds = load_dataset(other, data_dir=data_dir, image_size=None if fixed else run.input_shape[0], val_split=0.0,
-                      seed=seed_value(cfg.get("seed", 0)))
+                      seed=seed_value(cfg.get("seed", 0)), fit=run.fit)
     if tuple(ds.shape) != tuple(run.input_shape):
         raise CnnError(f"data set {other!r} has images of shape {tuple(ds.shape)} but the model takes "
                        f"{tuple(run.input_shape)}")

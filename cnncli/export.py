@@ -161,7 +161,9 @@ def metadata(run, checkpoint: str = "best", epoch: int | None = None, precision:
         "format_version": FORMAT_VERSION,
         "cnn_version": __version__,
         "input": {"name": INPUT, "dtype": "uint8", "layout": "NHWC", "shape": [None, h, w, c], "channels": c,
-                  "color": "L" if c == 1 else "RGB", "resize": "bilinear to H x W"},
+                  "color": "L" if c == 1 else "RGB",
+                  "resize": "bilinear to H x W" + (", aspect kept: the centre cut out" if getattr(run, "fit", "squash")
+                                                   == "crop" else ""), "fit": getattr(run, "fit", "squash")},
         "output": {"name": OUTPUT, "dtype": "float32", "shape": [None, len(run.classes)]},
         "classes": list(run.classes),
         "binary_head": bool(run.binary_head),  # one sigmoid unit: probabilities are [1 - p, p]
@@ -355,6 +357,11 @@ class Exported:
     @property
     def binary_head(self) -> bool:
         return bool(self.meta["binary_head"])
+
+    @property
+    def fit(self) -> str:
+        """How a photo meets the input size (predict.prepare): older exports squashed it."""
+        return self.meta["input"].get("fit", "squash")
 
     @property
     def config(self) -> dict:

@@ -126,13 +126,13 @@ def _flatten(img: Image.Image) -> Image.Image:
     return img
 
 
-def resize_array(x: np.ndarray, size: tuple[int, int] | None) -> np.ndarray:
+def resize_array(x: np.ndarray, size: tuple[int, int] | None, fit: str = "squash") -> np.ndarray:
     """Resize one uint8 HWC array exactly as `decode_image` resizes a decoded file."""
     if size is None or x.shape[:2] == tuple(size):
         return x
     mode = "L" if x.shape[-1] == 1 else "RGB"
     img = Image.fromarray(x[..., 0] if mode == "L" else x, mode)
-    return to_array(img, size, mode)
+    return to_array(img, size, mode, "", fit)
 
 
 def check_named_format(name: str, data: bytes) -> str | None:

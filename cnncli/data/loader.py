@@ -22,6 +22,7 @@ import numpy as np
 from ..host import data_dir_named
 from ..errors import CnnError
 from . import cache
+from .images import FITS
 from .registry import DatasetSpec, get_spec
 from .sources import FileItems, Part, Source, locate, raise_not_found
 from .splits import balanced_subset, channel_stats, class_counts, stratified_split, stratified_subset
@@ -80,17 +81,23 @@ def load_dataset(
     limit: int | None = None,
     balance: bool = False,
     seed: int = 0,
+    fit: str = "squash",
 ) -> Dataset:
     """Load a registry data set or an image folder as uint8 arrays (see the module docstring).
 
     `image_size` resizes to a square (default: native size; 128 for photos of varied size),
     `val_split` carves a stratified seeded validation set from train (never from test),
     `limit` keeps a stratified seeded N train images (and at most N//5 of val and test),
-    `balance` undersamples every split to its smallest class.
+    `balance` undersamples every split to its smallest class, `fit` is how an image meets a size other
+    than its own (`decode_image`: squash it whole, or crop its centre).
     """
     _check_args(image_size, val_split, limit)
+    if fit not in FITS:
+        raise CnnError(f"fit must be one of {', '.join(FITS)}, not {fit!r}")
     spec = get_spec(name_or_path)
     prep = _requested_prep(spec, image_size)
+    if fit != "squash":  # the cache keys of squashed arrays stay what they were
+        prep["fit"] = fit
     source = locate(spec, data_dir)
     named, by = (data_dir, "--data-dir") if data_dir is not None else (data_dir_named(), "$CNN_DATA_DIR")
     if source is None and named and not Path(named).expanduser().is_dir():
@@ -109,12 +116,12 @@ def load_dataset(
         key = cache.make_key(source.identity(), prep)
         store, problem = _open_key(spec, key)
         if store is None and limit and _decodes_files(source):
-            store = _LiveStore(source, image_size, key)  # decode only the picked files; no cache
+            store = _LiveStore(source, image_size, key, fit)  # decode only the picked files; no cache
         elif store is None:
             with cache.building(spec.name, key):  # one builder per entry: the others wait, then read it
                 store, again = _open_key(spec, key)
                 if store is None:
-                    store = _CachedStore(build_entry(source, spec, key, prep, image_size))
+                    store = _CachedStore(build_entry(source, spec, key, prep, image_size, fit))
             problem = problem or again
         if problem:  # never fatal: the source is here, so the entry was built again
             store.note = f"cache entry {cache.entry_dir(spec.name, key)} was damaged ({problem}); " + (
@@ -161,12 +168,12 @@ def _cached_store(entry: cache.Entry, note: str | None = None):
     return None, problem
 
 
-def build_entry(source: Source, spec: DatasetSpec, key: str, prep: dict, image_size) -> cache.Entry:
+def build_entry(source: Source, spec: DatasetSpec, key: str, prep: dict, image_size, fit="squash") -> cache.Entry:
     """Decode every item of every split once and write the cache entry."""
     size, mode = source.target(image_size)
     arrays, skipped, counts = {}, [], {}
     for split, part in source.parts.items():
-        x, ok, bad = part.items.fetch(np.arange(len(part.y)), size, mode)
+        x, ok, bad = part.items.fetch(np.arange(len(part.y)), size, mode, fit)
         arrays[split] = (x, part.y[ok], ok)
         counts[split] = {"items": len(part.y), "rows": len(ok)}
         skipped += [_skip_record(split, part, pos, reason) for pos, reason in bad]
@@ -232,8 +239,8 @@ class _CachedStore:
 class _LiveStore:
     """Rows decoded straight from the source (a `limit=` run before the cache exists)."""
 
-    def __init__(self, source: Source, image_size, key: str):
-        self.source, self.key = source, key
+    def __init__(self, source: Source, image_size, key: str, fit: str = "squash"):
+        self.source, self.key, self.fit = source, key, fit
         size, mode = source.target(image_size)
         self.size, self.mode = size, mode
         self.meta = {
@@ -249,7 +256,7 @@ class _LiveStore:
 
     def rows(self, split, item_ids):
         part = self.source.parts[split]
-        x, ok, bad = part.items.fetch(item_ids, self.size, self.mode)
+        x, ok, bad = part.items.fetch(item_ids, self.size, self.mode, self.fit)
         self.skipped += [_skip_record(split, part, int(item_ids[pos]), reason) for pos, reason in bad]
         return x, part.y[item_ids][ok], np.asarray(item_ids)[ok]
 

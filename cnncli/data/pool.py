@@ -27,14 +27,15 @@ CHUNK = 256  # files per task: big enough to hide inter-process overhead, small 
 SERIAL_BELOW = 600  # fewer files than this decode in-process: a pool costs ~0.5 s to start
 
 
-def decode_refs(refs, size, mode, *, label="decoding"):
-    """Decode `refs` to uint8 (n_ok, H, W, C); returns (x, ok positions, [(position, reason)])."""
+def decode_refs(refs, size, mode, *, label="decoding", fit="squash"):
+    """Decode `refs` to uint8 (n_ok, H, W, C) (`fit` as in `decode_image`); returns (x, ok positions,
+    [(position, reason)])."""
     h, w = size
     c = 3 if mode == "RGB" else 1
     x = np.empty((len(refs), h, w, c), np.uint8)
     ok = np.zeros(len(refs), bool)
     skipped = []
-    for start, (arr, good, bad) in _run(_decode_chunk, refs, (size, mode), label):
+    for start, (arr, good, bad) in _run(_decode_chunk, refs, (size, mode, fit), label):
         x[start + good] = arr
         ok[start + good] = True
         skipped += [(start + i, reason) for i, reason in bad]
@@ -65,7 +66,7 @@ def _run(fn, refs, args, label):
             progress(len(chunk))
 
 
-def _decode_chunk(refs, size, mode):
+def _decode_chunk(refs, size, mode, fit="squash"):
     """Worker: decode a chunk; returns (stacked arrays, positions decoded, [(position, reason)])."""
     arrays, good, bad = [], [], []
     with _Opener() as opener:
@@ -75,7 +76,7 @@ def _decode_chunk(refs, size, mode):
                 reason = check_named_format(ref[1], data)
                 if reason:
                     raise BadImage("", reason)
-                arrays.append(to_array(open_image(data), size, mode))
+                arrays.append(to_array(open_image(data), size, mode, "", fit))
                 good.append(i)
             except BadImage as e:
                 bad.append((i, e.reason))

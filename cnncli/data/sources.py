@@ -55,10 +55,10 @@ class ArrayItems:
     def take(self, idx):
         return ArrayItems(self.x[idx])
 
-    def fetch(self, idx, size, mode):
+    def fetch(self, idx, size, mode, fit="squash"):
         x = self.x[idx]
         if x.shape[1:3] != tuple(size):
-            resized = [resize_array(img, size) for img in x]
+            resized = [resize_array(img, size, fit) for img in x]
             x = np.stack(resized) if resized else np.empty((0, *size, x.shape[-1]), np.uint8)
         return x, np.arange(len(idx)), []
 
@@ -80,8 +80,8 @@ class FileItems:
     def take(self, idx):
         return FileItems([self.refs[i] for i in idx], self.root)
 
-    def fetch(self, idx, size, mode):
-        return decode_refs([self.refs[i] for i in idx], size, mode, label=f"decoding {self.root.name}")
+    def fetch(self, idx, size, mode, fit="squash"):
+        return decode_refs([self.refs[i] for i in idx], size, mode, label=f"decoding {self.root.name}", fit=fit)
 
     def native(self, i, mode):
         """Item `i` decoded at its own size, checked as `decode_refs` checks it; BadImage if it is not one."""
@@ -112,11 +112,11 @@ class TfdsItems:
     def take(self, idx):
         return TfdsItems(self.ds, self.index[idx])
 
-    def fetch(self, idx, size, mode):
+    def fetch(self, idx, size, mode, fit="squash"):
         arrays, ok, bad = [], [], []
         for pos, i in enumerate(self.index[idx]):
             try:
-                arrays.append(decode_image(self.ds[int(i)]["image"], size, mode))
+                arrays.append(decode_image(self.ds[int(i)]["image"], size, mode, fit))
                 ok.append(pos)
             except BadImage as e:
                 bad.append((pos, e.reason))

@@ -91,6 +91,9 @@ class TrainConfig:
     val_split: float = option(0.1, "Fraction of train held out for validation (stratified).", FRACTION_BELOW_1)
     image_size: int | None = option(None, "Side in pixels photos are resized to (default: the data set's, 128).",
                                     AT_LEAST_1, metavar="PIXELS")
+    fit: str = option("squash", "How a photo meets --image-size: squash (the whole photo, its aspect changed) or "
+                      "crop (its aspect kept, the centre cut out, as ImageNet-trained networks saw photos).",
+                      choice(("squash", "crop")))
     limit: int | None = option(None, "Train on a stratified subset of N images.", AT_LEAST_1,
                                unset="all images")
     balance: bool = option(False, "Undersample to the smallest class.")

@@ -137,7 +137,7 @@ def _fit(cfg: TrainConfig, progress: Progress, resume: Path | None, lock, t_star
 
     seed = seed_value(cfg.seed)  # config.json keeps the seed as typed
     ds = load_dataset(cfg.dataset, data_dir=cfg.data_dir, image_size=cfg.image_size, val_split=cfg.val_split,
-                      limit=cfg.limit, balance=cfg.balance, seed=seed)
+                      limit=cfg.limit, balance=cfg.balance, seed=seed, fit=cfg.fit)
     if ds.info.get("note"):
         progress.note(f"note: {ds.info['note']}")
     num_classes = len(ds.classes)

@@ -206,7 +206,8 @@ def load_run(run_dir, which: str = "best") -> Run:
     return Run(run_dir, cfg, model, list(data["classes"]), tuple(data["input_shape"]),
                get_arch(cfg["arch"]).binary_head and len(data["classes"]) == 2,
                tuple(data["mean"]), tuple(data["std"]), bool(cfg.get("tta_flip")),
-               int(cfg.get("tta_shift") or 0), scale_list(cfg.get("tta_scales")), calibrate.read(run_dir))
+               int(cfg.get("tta_shift") or 0), scale_list(cfg.get("tta_scales")), calibrate.read(run_dir),
+               fit=cfg.get("fit", "squash"))
 
 
 def _sub(arrays: dict, prefix: str) -> dict:
