@@ -75,7 +75,7 @@ def test_layers_import_only_downwards():
         for t in targets:
             where = f"{m} imports {t}"
             assert not _under(t, "commands", "cli") or _under(m, "commands", "cli"), where
-            if _under(m, "data", "models", "kernels", "host", "precision", "tuner"):
+            if _under(m, "data", "models", "kernels", "host", "precision", "tuner", "pretrained"):
                 assert not _under(t, "train", *readers), where
             if _under(m, "train"):
                 assert not _under(t, *readers), where
