@@ -4,7 +4,7 @@ Each kind of re-framing is one function of a uint8 HWC image at its own size and
 generator; where the data set has photos (image folders, zips, TFDS records) it works on the
 decoded photo before the run's resize, else on the arrays (MNIST, digits, a cache whose files are
 gone). The result is then resized to the model's input exactly as training resized its images
-(`resize_array`, Pillow's BILINEAR), so the "plain" kind is the split as the run saw it and every
+(`resize_array`, Pillow's BILINEAR, squashed or centre-cropped as the run's `--fit`), so the "plain" kind is the split as the run saw it and every
 other kind differs from it by the re-framing alone. Labels never change: a mosaic is built from
 four images of the same class.
 
@@ -121,7 +121,8 @@ def mosaic(tiles: np.ndarray, y: np.ndarray, seed: int, size) -> np.ndarray:
     return np.stack([resize_array(m, (h, w)) for m in out])  # odd sides: the grid is a pixel short
 
 
-def reframe_images(images, y: np.ndarray, size, kinds, seed: int = 0) -> tuple[dict[str, np.ndarray], np.ndarray]:
+def reframe_images(images, y: np.ndarray, size, kinds, seed: int = 0, fit: str = "squash"
+                   ) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """({kind: uint8 (N, H, W, C) at the model's input `size`}, labels) for an iterable of uint8 HWC
     images of any size (each is read once; None marks one that could not be decoded and is dropped)."""
     unknown = [k for k in kinds if k not in KINDS]
@@ -137,11 +138,11 @@ def reframe_images(images, y: np.ndarray, size, kinds, seed: int = 0) -> tuple[d
         for j, k in enumerate(kinds):
             fn = KINDS[k].fn
             if k == "plain":
-                out[k].append(resize_array(img, size))
+                out[k].append(resize_array(img, size, fit))
             elif fn is not None:
-                out[k].append(resize_array(fn(img, np.random.default_rng([seed, i, j]), size), size))
+                out[k].append(resize_array(fn(img, np.random.default_rng([seed, i, j]), size), size, fit))
         if "mosaic" in kinds:
-            tiles.append(resize_array(img, half))
+            tiles.append(resize_array(img, half, fit))
     labels = np.asarray(y)[kept]
     arrays = {k: np.stack(v) for k, v in out.items() if v}
     if "mosaic" in kinds and kept:
@@ -195,7 +196,7 @@ def reframe_run(run_dir, split: str = "test", kinds=None, checkpoint: str = "bes
         kinds.insert(0, "plain")
     run = load_run(run_dir, which=checkpoint)
     images, y, origin = split_images(run, split)
-    arrays, y = reframe_images(images, y, run.input_shape[:2], kinds, seed)
+    arrays, y = reframe_images(images, y, run.input_shape[:2], kinds, seed, run.fit)  # fitted as training's were
     if not len(y):
         raise CnnError(f"no {split} images could be read")
     y, notes = _labels_in_model_order(y, run.config["data"]["classes"], run.classes)
