@@ -399,10 +399,11 @@ def load_model(path=None, checkpoint: str = "best"):
 
     if path is not None and is_export(path):
         return load_export(path)
-    if path is not None and not Path(path).exists() and pretrained.find(str(path)):
+    weights = None if path is None or Path(path).exists() else pretrained.find(str(path))
+    if weights is not None:
         from .train.rundir import pretrained_run
 
-        return pretrained_run(pretrained.find(str(path)))
+        return pretrained_run(weights)
     return load_run(path or latest_run(), which=checkpoint)
 
 

@@ -173,6 +173,24 @@ def test_pretrained_options_are_checked():
     assert r.returncode == 2 and "--weights FILE needs --pretrained" in r.stderr
     r = cli("train", "--arch", "efficientnet_lite0", "--freeze", "0")
     assert r.returncode == 2 and "--freeze" in r.stderr
+    r = cli("train", "--arch", "efficientnet_lite0", "--pretrained", "imagenet", "--weights", "no-such.pth")
+    assert r.returncode == 2 and "--weights: no file no-such.pth" in r.stderr
+    r = cli("train", "--arch", "efficientnet_lite0", "--fit", "stretch")
+    assert r.returncode == 2 and "--fit" in r.stderr and "squash, crop" in r.stderr
+    r = cli("train", "--arch", "efficientnet_lite0", "--init-from", ".", "--pretrained", "imagenet")
+    assert r.returncode == 2 and "choose one of --init-from and --pretrained" in r.stderr
+
+
+def test_freeze_past_the_last_layer_is_refused():
+    from cnncli.models import create_model
+    from cnncli.train.transfer import first_trained_layer
+
+    model = create_model("net1", (8, 8, 1), 10)
+    last = len(model.layers) - 1  # the dense head
+    assert first_trained_layer(model, "features") == last and first_trained_layer(model, None) == 0
+    assert first_trained_layer(model, str(last)) == last
+    with pytest.raises(CnnError, match=f"--freeze {last + 1}: the model's last layer with parameters is layer {last}"):
+        first_trained_layer(model, str(last + 1))
 
 
 def test_crop_fit_keeps_the_centre(tmp_path):

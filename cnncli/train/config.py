@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from ..checks import (AT_LEAST_1, FRACTION_BELOW_1, NON_NEGATIVE, POSITIVE, SEED, Folder, Range, check_name,
                       check_out, choice)
@@ -155,6 +156,8 @@ class TrainConfig:
             raise CnnError("choose one of --init-from and --pretrained")
         if self.weights and not self.pretrained:
             raise CnnError("--weights FILE needs --pretrained NAME")
+        if self.weights and not Path(self.weights).expanduser().is_file():
+            raise CnnError(f"--weights: no file {self.weights}")
         if self.pretrained:
             from ..pretrained import get
 

@@ -88,8 +88,7 @@ def load_pretrained(model, arch: str, name: str, weights_file: str | None, num_c
     from .. import pretrained
 
     spec = pretrained.get(arch, name)
-    source = pretrained.source(spec, weights_file)
-    pretrained.load(model, spec, weights_file)
+    source = pretrained.load(model, spec, weights_file)
     kept = num_classes == len(spec.classes())
     return (f"initialised from the {name} weights of {arch} ({source.name}); "
             + ("their head kept" if kept else f"a new head for {num_classes} classes"))
