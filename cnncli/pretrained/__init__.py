@@ -156,14 +156,13 @@ def _arrays(spec: WeightsSpec, path: Path, published: bool) -> dict:
     return state
 
 
-def network(spec: WeightsSpec, weights_file: str | None = None, num_classes: int | None = None,
-            input_size: int | None = None, dropout: float | None = None, seed: int = 0):
-    """`spec.arch` with the pretrained weights in every layer; with `num_classes` other than the
-    weights' own, a new head of that size (initialised from `seed`) on the pretrained backbone."""
+def network(spec: WeightsSpec, weights_file: str | None = None, num_classes: int | None = None):
+    """`spec.arch` at its input size with the pretrained weights in every layer; with `num_classes` other
+    than the weights' own, a new head of that size on the pretrained backbone."""
     from ..models import create_model
 
-    size = input_size or spec.image_size
-    model = create_model(spec.arch, (size, size, 3), num_classes or len(spec.classes()), dropout=dropout, seed=seed)
+    size = spec.image_size
+    model = create_model(spec.arch, (size, size, 3), num_classes or len(spec.classes()))
     load(model, spec, weights_file)
     return model
 
@@ -175,7 +174,7 @@ def load(model, spec: WeightsSpec, weights_file: str | None = None) -> Path:
 
     path = source(spec, weights_file)
     state = _arrays(spec, path, weights_file is None)
-    load_into(model, spec.arch, state, head=head_size(model, spec.arch) == len(spec.classes()))
+    load_into(model, spec.arch, state, head=head_size(model) == len(spec.classes()))
     return path
 
 

@@ -51,7 +51,7 @@ def efficientnet_lite0(model, state: dict, head: bool) -> None:
 MAPPERS = {"efficientnet_lite0": efficientnet_lite0}
 
 
-def head_size(model, arch: str) -> int:
+def head_size(model) -> int:
     """Outputs of the model's classifier (its last layer, a Dense)."""
     return int(model.layers[-1].weight.shape[0])
 

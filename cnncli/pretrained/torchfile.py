@@ -67,7 +67,7 @@ class _Unpickler(pickle.Unpickler):
         raise pickle.UnpicklingError(f"refused to load {module}.{name}: not part of a tensor state dict")
 
     def persistent_load(self, pid):
-        if not (isinstance(pid, tuple) and len(pid) == 5 + (len(pid) > 5) and pid[0] == "storage"
+        if not (isinstance(pid, tuple) and len(pid) in (5, 6) and pid[0] == "storage"
                 and isinstance(pid[1], _StorageType) and isinstance(pid[2], str) and isinstance(pid[4], int)):
             raise pickle.UnpicklingError(f"unexpected persistent id {str(pid)[:60]}")
         if len(pid) > 5 and pid[5] is not None:
