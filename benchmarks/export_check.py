@@ -33,7 +33,7 @@ def main() -> None:
     from cnncli.export import FORMATS, export, load_export
     from cnncli.predict import collect_inputs, predict_files
     from cnncli.runtime import tune_xla
-    from cnncli.train import load_run
+    from cnncli.runs import load_run
 
     tune_xla()
     files = collect_inputs([args.images])[0]

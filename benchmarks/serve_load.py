@@ -86,7 +86,7 @@ def bad_bodies() -> list[tuple[str, bytes]]:
 def predict_rate(run_dir: str, folder: Path) -> tuple[float, list[str]]:
     """images/s of `predict_files` on the folder (what `cnn predict FOLDER` runs), and the classes."""
     from cnncli.predict import collect_inputs, predict_files
-    from cnncli.train import load_run
+    from cnncli.runs import load_run
 
     run = load_run(run_dir)
     files, _ = collect_inputs([folder])

@@ -16,7 +16,7 @@ import numpy as np
 
 from cnncli import host, pretrained
 from cnncli.data import decode_image
-from cnncli.train.rundir import pretrained_run
+from cnncli.runs import pretrained_run
 
 DOGS, CATS = range(151, 269), range(281, 286)
 

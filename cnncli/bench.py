@@ -135,7 +135,8 @@ def tune_layers(setup: _Setup, sizes: dict, modes) -> float:
     import jax.numpy as jnp
     import numpy as np
 
-    from .train.step import make_eval_step, zero_metrics
+    from .runs.infer import make_eval_step
+    from .train.step import zero_metrics
 
     t = time.perf_counter()
     if "train" in modes:
@@ -172,7 +173,7 @@ def infer_timer(setup: _Setup, batch_size: int, warmup: int = 2) -> Timer:
     import jax
     import jax.numpy as jnp
 
-    from .train.step import make_eval_step
+    from .runs.infer import make_eval_step
 
     step = make_eval_step(setup.geval, binary=False, mean=setup.mean, std=setup.std, precision=setup.precision)
     x, y, _ = setup.batch(batch_size)
@@ -316,11 +317,12 @@ def onnx_file(setup: _Setup) -> Path:
     from flax import nnx
 
     from . import export
+    from .runs.infer import predict_fn
 
     if importlib.util.find_spec("jax2onnx") is None:
         raise PeerError(f"onnxruntime: exporting the model needs jax2onnx ({export.EXTRA_HINT}); skipped")
-    predict, state = export.predict_fn(nnx.merge(setup.geval, setup.state.params, setup.state.rest), False,
-                                       setup.mean, setup.std)
+    predict, state = predict_fn(nnx.merge(setup.geval, setup.state.params, setup.state.rest), False,
+                                setup.mean, setup.std)
     path = Path(tempfile.mkdtemp(prefix="cnn-bench-")) / "model.onnx"
     export.write(lambda x: predict(state, x), "onnx", setup.input_shape, path)
     return path

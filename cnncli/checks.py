@@ -75,7 +75,7 @@ class Range(Rule):
 
 @dataclass(frozen=True)
 class Integer(Rule):
-    """Any whole number, of any sign and size (a seed: `config.seed_value` maps it to what the engine takes)."""
+    """Any whole number, of any sign and size (a seed: `seed_value` below maps it to what the engine takes)."""
 
     def describe(self) -> str:
         return "any integer"
@@ -171,3 +171,36 @@ def check_out(out: str) -> None:
     """--out holds run directories: a file there is a mistake to say before any work, not after."""
     if Path(out).exists() and not Path(out).is_dir():
         raise CnnError(f"--out {out} is a file; --out names the folder that holds run directories")
+
+
+# Seeds inside [0, SEED_SPAN) are used as typed (every recorded result keeps its weights); the code
+# adds offsets of up to ~2**17 to them and JAX keys take 32-bit integers, so any other integer a
+# user types (-1, 2**70) is hashed into that span.
+SEED_SPAN = 2**31 - 2**20
+
+
+def seed_value(seed: int) -> int:
+    """The seed the engine computes with for the seed a user typed (any integer)."""
+    seed = int(seed)
+    if 0 <= seed < SEED_SPAN:
+        return seed
+    import hashlib
+
+    return int.from_bytes(hashlib.sha256(str(seed).encode()).digest()[:8], "little") % SEED_SPAN
+
+
+def scale_list(spec: str | None) -> tuple[float, ...]:
+    """--tta-scales as numbers: a comma list of shares of the side, each in [0.25, 2] and not 1."""
+    out = []
+    for part in (spec or "").split(","):
+        if not part.strip():
+            continue
+        try:
+            v = float(part)
+        except ValueError:
+            v = -1.0
+        if not (0.25 <= v <= 2.0) or v == 1.0:
+            raise CnnError(f"--tta-scales takes shares of the side in [0.25, 2] other than 1 "
+                           f"(0.8: the central 80% enlarged; 1.25: the image shrunk in a border), not {part.strip()!r}")
+        out.append(v)
+    return tuple(out)

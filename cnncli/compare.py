@@ -22,8 +22,10 @@ from pathlib import Path
 from .errors import CnnError
 from .fsutil import write_json, write_text
 from .tables import csv_text
-from .train import read_config, read_history, resolve
-from .train.config import options_by_name, seed_value
+from .checks import seed_value
+from .runs import read_config, read_history
+from .train import resolve
+from .train.config import options_by_name
 
 # --vary key -> TrainConfig field. Values are comma separated; `augment` joins its ops with "+".
 VARY_KEYS = {
@@ -189,7 +191,7 @@ def run(plan: Plan, out, progress_factory) -> dict:
     """
     from .data import load_dataset
     from .train import fit
-    from .train.rundir import new_run_dir
+    from .runs import new_run_dir
 
     if not plan.configs:
         check_plan(plan)

@@ -79,7 +79,7 @@ def evaluate(run_dir, split: str | None = None, dataset: str | None = None, chec
     and report.json there. `predictions` names a CSV of one row per image, written with a grid of the
     most confident mistakes beside it (or at `mistakes`)."""
     from .console import task_progress
-    from .train import load_run
+    from .runs import load_run
 
     split = split or default_split(dataset)
     if split not in SPLITS:
@@ -94,9 +94,7 @@ def evaluate(run_dir, split: str | None = None, dataset: str | None = None, chec
     notes += notes2
     with task_progress(f"scoring {ds.name} {split}", len(y), "images", show_below=SHOW_BAR_FROM) as advance:
         probs = np.concatenate([run.probabilities(x, progress=advance) for x in rows.xs])[rows.order]
-    from .train.rundir import checkpoint_used
-
-    used, epoch = checkpoint_used(Path(run_dir), checkpoint)
+    used, epoch = run.checkpoint, run.epoch
     ev = Evaluation(str(run_dir), ds.name, split, rows.described, rows.sizes, used, epoch, list(run.classes),
                     int(len(y)), notes=notes, **metrics(y, probs, run.classes))
     if write:
@@ -215,7 +213,7 @@ def dataset_for(run, other: str | None = None):
     """(Dataset, notes): the run's own data set rebuilt from config.json, or `other` checked against the model."""
     from .data import get_spec, load_dataset
 
-    from .train.config import seed_value
+    from .checks import seed_value
 
     cfg = run.config
     data_dir = run_data_dir(cfg)

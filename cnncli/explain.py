@@ -24,7 +24,7 @@ def saliency_map(run, x_uint8: np.ndarray, cls: int | None = None) -> tuple[np.n
     import jax.numpy as jnp
     from flax import nnx
 
-    from .train.augment import normalize, to_unit
+    from .runs.infer import normalize, to_unit
 
     graphdef, state = nnx.split(run.model)
 

@@ -48,9 +48,7 @@ PROBE = 3  # images in the check's batch: not the traced size, so the dynamic ba
 
 def export(run_dir, fmt: str, out=None, checkpoint: str = "best", precision: str = "fp32") -> dict:
     """Write the run in `run_dir` as `fmt`, check it in its runtime; {file, metadata, format, max_abs_diff}."""
-    from .train.rundir import checkpoint_used
-    from .train import load_run
-    from .train.rundir import CHECKPOINTS
+    from .runs import CHECKPOINTS, load_run
 
     # The rules `cnn export` checks its options with, for callers of the library too.
     choice(FORMATS).check("--format", fmt)
@@ -64,17 +62,16 @@ def export(run_dir, fmt: str, out=None, checkpoint: str = "best", precision: str
     # The check compares like with like: the run in the export's precision, not in the one `auto`
     # would time as faster here (bf16 on AMX: ~5e-3 from fp32, fifty times the tolerance).
     run.precision = precision
-    used, epoch = checkpoint_used(Path(run_dir), checkpoint)
-    path = Path(out) if out else Path(run_dir) / "export" / (used + ("_bf16" if precision == "bf16" else "")
+    path = Path(out) if out else Path(run_dir) / "export" / (run.checkpoint + ("_bf16" if precision == "bf16" else "")
                                                             + FORMATS[fmt].suffix)
-    meta = metadata(run, used, epoch, precision)
+    meta = metadata(run, precision)
     meta["format"] = fmt
     write(inference_fn(run, precision), fmt, run.input_shape, path, meta)
     if not FORMATS[fmt].inline_meta:
         write_json(meta_path(path), meta)
     diff = check(run, path, TOLERANCE if precision == "fp32" else 0.05)
     return {"file": str(path), "format": fmt, "metadata": str(path if FORMATS[fmt].inline_meta else meta_path(path)),
-            "checkpoint": used, "precision": precision, "max_abs_diff": diff}
+            "checkpoint": run.checkpoint, "precision": precision, "max_abs_diff": diff}
 
 
 def require(fmt: str) -> None:
@@ -95,42 +92,13 @@ def inference_fn(run, precision: str = "fp32"):
     import jax
     import jax.numpy as jnp
 
+    from .runs.infer import predict_fn
+
     predict, state = predict_fn(run.model, run.binary_head, run.mean, run.std, run.tta_flip, run.tta_shift,
-                                run.tta_scales, temperature(run), jnp.bfloat16 if precision == "bf16" else jnp.float32)
+                                run.tta_scales, run.temperature, jnp.bfloat16 if precision == "bf16" else jnp.float32)
     # Every float array (weights and BatchNorm statistics), so that no layer mixes two precisions.
     state = jax.tree.map(lambda a: a.astype(predict.dtype) if jnp.issubdtype(a.dtype, jnp.floating) else a, state)
     return lambda images: predict(state, images)
-
-
-def predict_fn(model, binary: bool, mean, std, tta_flip: bool = False, tta_shift: int = 0, tta_scales=(),
-               temperature: float = 1.0, dtype=None):
-    """(predict(state, images) -> probabilities, the model's state): normalisation, the network in
-    eval mode, the test-time views and the calibration temperature, computing in `dtype` (default float32)."""
-    import jax
-    import jax.numpy as jnp
-    from flax import nnx
-
-    from .train.augment import normalize, to_unit
-    from .train.step import view_probabilities
-
-    model.eval()
-    graphdef, state = nnx.split(model)
-
-    def predict(state, images):
-        x = normalize(to_unit(images), mean, std).astype(predict.dtype)
-        probs = view_probabilities(nnx.merge(graphdef, state), x, binary, tta_flip, tta_shift, tta_scales)[1]
-        probs = probs.astype(jnp.float32)
-        if temperature != 1.0:  # calibrate.apply's softmax(log p / T), in the graph
-            probs = jax.nn.softmax(jnp.log(jnp.clip(probs, 1e-12, 1.0)) / temperature, axis=-1)
-        return probs
-
-    predict.dtype = dtype or jnp.float32
-    return predict, state
-
-
-def temperature(run) -> float:
-    """The calibration temperature `cnn predict` applies (calibrate.py), 1 for a run without one."""
-    return float((run.calibration or {}).get("temperature", 1.0))
 
 
 def write(fn, fmt: str, input_shape, path: Path, meta: dict | None = None) -> None:
@@ -148,7 +116,7 @@ def input_spec(input_shape):
     return jax.ShapeDtypeStruct(jax.export.symbolic_shape(f"batch, {h}, {w}, {c}"), jnp.uint8)
 
 
-def metadata(run, checkpoint: str = "best", epoch: int | None = None, precision: str = "fp32") -> dict:
+def metadata(run, precision: str = "fp32") -> dict:
     """Everything prediction needs beyond the network, and where the model came from (JSON-ready)."""
     from . import __version__
     from .predict import digit_box
@@ -178,7 +146,7 @@ def metadata(run, checkpoint: str = "best", epoch: int | None = None, precision:
         "precision": precision,
         "source": {"run_dir": str(Path(run.dir).resolve()), "arch": run.config.get("arch"),
                    "dataset": run.config.get("dataset"), "data": run.config.get("data", {}).get("name"),
-                   "checkpoint": checkpoint, "epoch": epoch, "trained_precision": run.config.get("precision", "fp32"),
+                   "checkpoint": run.checkpoint, "epoch": run.epoch, "trained_precision": run.config.get("precision", "fp32"),
                    "test_accuracy": metrics.get("test_accuracy"), "val_accuracy": metrics.get("best_val_accuracy")},
     }
 
@@ -395,14 +363,12 @@ def load_model(path=None, checkpoint: str = "best"):
     """What `predict` and `serve` take: an export (by its name), a pretrained network's name where no file
     has it ("imagenet"), else a run directory (default the newest)."""
     from . import pretrained
-    from .train import latest_run, load_run
+    from .runs import latest_run, load_run, pretrained_run
 
     if path is not None and is_export(path):
         return load_export(path)
     weights = None if path is None or Path(path).exists() else pretrained.find(str(path))
     if weights is not None:
-        from .train.rundir import pretrained_run
-
         return pretrained_run(weights)
     return load_run(path or latest_run(), which=checkpoint)
 

@@ -155,7 +155,7 @@ def split_images(run, split: str):
     photos where they are on this machine, else the arrays the data set loads."""
     from .data.loader import source_split
     from .evaluate import dataset_for, run_data_dir
-    from .train.config import seed_value
+    from .checks import seed_value
 
     cfg = run.config
     part = source_split(cfg["dataset"], split, data_dir=run_data_dir(cfg), val_split=cfg.get("val_split", 0.0),
@@ -187,7 +187,7 @@ def reframe_run(run_dir, split: str = "test", kinds=None, checkpoint: str = "bes
     """Accuracy per kind of re-framing of the run's `split`, with error against the plain split's;
     with `write`, reframe[_<split>].json and a sample grid reframe[_<split>].png in the run directory."""
     from .evaluate import _labels_in_model_order, metrics
-    from .train import load_run
+    from .runs import load_run
 
     if split not in SPLITS:
         raise CnnError(f"--reframe takes --split {', '.join(SPLITS)}, not {split!r}")

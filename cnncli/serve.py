@@ -324,15 +324,13 @@ def _explain_png(run, name: str, data: bytes, invert: str, lock) -> bytes:
         return Path(r["png"]).read_bytes()
 
 
-def model_info(model, checkpoint: str = "best") -> dict:
+def model_info(model) -> dict:
     """GET /model's body: the export's metadata, or the same document made from a run directory."""
     if hasattr(model, "meta"):
         return dict(model.meta)
-    from .train.rundir import checkpoint_used
     from .export import metadata
 
-    used, epoch = checkpoint_used(Path(model.dir), checkpoint)
-    return metadata(model, used, epoch)
+    return metadata(model)
 
 
 def require() -> None:
@@ -344,12 +342,11 @@ def require() -> None:
         raise CnnError(f"cnn serve needs {', '.join(missing)}: pip install -e '.[serve]'")
 
 
-def serve(model, *, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, checkpoint: str = "best",
-          say=print, **options) -> None:
+def serve(model, *, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, say=print, **options) -> None:
     """Serve `model` until Ctrl-C or SIGTERM (uvicorn handles both and finishes open requests)."""
     import uvicorn
 
-    app = create_app(model, info=model_info(model, checkpoint), warm=True, **options)
+    app = create_app(model, info=model_info(model), warm=True, **options)
     where = "only this machine can connect; --host 0.0.0.0 for every interface" if host in (
         "127.0.0.1", "localhost", "::1") else "reachable from other machines"
     say(f"serving {getattr(model, 'path', None) or model.dir} on http://{host}:{port} ({where}); Ctrl-C stops")

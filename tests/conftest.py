@@ -29,7 +29,7 @@ os.environ.setdefault("CNN_TUNE", "0")
 # cache: the tuner's key asks for it whenever a test measures.
 os.environ.setdefault("CNN_KERNELS_DIR", str(Path(os.environ["CNN_CACHE_DIR"]) / "kernels"))
 # A process started with Ctrl-C ignored (a shell script's `pytest &`, nohup, some CI runners) passes
-# that on to every child, and `cnn` honours an inherited ignore (engine._Interrupt): the tests that
+# that on to every child, and `cnn` honours an inherited ignore (train/epochs._Interrupt): the tests that
 # send SIGINT to a `cnn` process then saw it exit 0 or wait out a 60 s stall (#43). Give the children
 # the disposition a terminal gives them, whatever started pytest.
 if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:

@@ -19,7 +19,8 @@ from flax import nnx
 
 from cnncli.models import count_params, create_model
 from cnncli.models.airbench import _dirac_init, whitening_kernel
-from cnncli.train import checkpoint, resolve
+from cnncli.runs import checkpoint
+from cnncli.train import resolve
 from cnncli.train.optim import lookahead, make_optimizer, norm_bias_mask
 
 
@@ -83,7 +84,7 @@ def test_bn_bias_lr_must_be_positive():
 
 def test_training_whitens_from_the_data_and_keeps_the_kernel(tmp_path, data_dir):
     from cnncli.data import load_dataset
-    from cnncli.train.engine import _init_from_data
+    from cnncli.train.prepare import _init_from_data
 
     r = subprocess.run([sys.executable, "-m", "cnncli.cli", "train", "--arch", "airbench94", "--dataset", "cifar10",
                         "--limit", "512", "--epochs", "1", "--batch-size", "128", "--val-split", "0",

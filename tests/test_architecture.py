@@ -69,16 +69,27 @@ def _under(m: str, *packages: str) -> bool:
 
 
 def test_layers_import_only_downwards():
-    """host/precision/kernels <- data <- models <- train <- the commands' modules <- commands/cli."""
+    """host/precision/kernels <- data <- models <- runs <- train <- the commands' modules <- commands/cli."""
     readers = ("bench", "evaluate", "export", "serve", "predict", "explain", "compare", "reframe")
     for m, targets in GRAPH.items():
         for t in targets:
             where = f"{m} imports {t}"
             assert not _under(t, "commands", "cli") or _under(m, "commands", "cli"), where
             if _under(m, "data", "models", "kernels", "host", "precision", "tuner", "pretrained"):
+                assert not _under(t, "runs", "train", *readers), where
+            if _under(m, "runs"):
                 assert not _under(t, "train", *readers), where
             if _under(m, "train"):
                 assert not _under(t, *readers), where
+
+
+def test_readers_of_a_run_never_import_training():
+    """What reads a trained run goes through `cnncli.runs`: only what trains (train/, compare, the
+    training benchmark) and the commands import `cnncli.train`."""
+    trains = ("train", "commands", "cli", "compare", "bench")
+    for m, targets in GRAPH.items():
+        if not _under(m, *trains):
+            assert not any(_under(t, "train") for t in targets), f"{m} imports {sorted(t for t in targets if _under(t, 'train'))}"
 
 
 def test_machine_and_precision_facts_have_one_home():

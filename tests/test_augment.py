@@ -12,8 +12,9 @@ from PIL import Image
 from cnncli.errors import CnnError
 from cnncli.train import resolve
 from cnncli.train.augment import augment, resized_crops, rrc_boxes
-from cnncli.train.config import rrc_min_scale, scale_list
-from cnncli.train.step import tta_views, zoomed_view
+from cnncli.checks import scale_list
+from cnncli.train.config import rrc_min_scale
+from cnncli.runs.infer import tta_views, zoomed_view
 from test_evaluate import trained_run
 
 
@@ -81,7 +82,7 @@ def test_zoomed_views_and_their_count():
 
 def test_tta_scales_reach_training_and_evaluate(tmp_path_factory):
     from cnncli.evaluate import evaluate
-    from cnncli.train import load_run
+    from cnncli.runs import load_run
 
     s = trained_run(tmp_path_factory, "digits-scales", dataset="digits", epochs=1, tta_scales="0.75,1.25")
     run = load_run(s["run_dir"])
@@ -97,7 +98,7 @@ def test_init_from_a_10_class_run_starts_a_2_class_head_from_its_class_rows(tmp_
 
     from cnncli.data import load_dataset
     from cnncli.models import create_model
-    from cnncli.train import load_run
+    from cnncli.runs import load_run
     from cnncli.train.transfer import head_rows, init_from as _init_from
     from cnncli.train.step import split
 

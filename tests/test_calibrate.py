@@ -15,7 +15,7 @@ from PIL import Image
 from cnncli import calibrate
 from cnncli.evaluate import dataset_for
 from cnncli.predict import csv_text, predict_files
-from cnncli.train import load_run
+from cnncli.runs import load_run
 from test_evaluate import trained_run
 
 

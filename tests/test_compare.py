@@ -16,7 +16,7 @@ import pytest
 from cnncli.compare import Plan, check_plan, conclusion, grid, parse_vary, pooling_variants, run, run_stats, table_rows
 from cnncli.errors import CnnError
 from cnncli.fsutil import write_json
-from cnncli.train.rundir import write_history
+from cnncli.runs.rundir import write_history
 
 
 def cli(*args, timeout=600):

@@ -20,7 +20,8 @@ from cnncli.cli import app
 from cnncli.console import Out
 from cnncli.errors import CnnError
 from cnncli.evaluate import dataset_for, evaluate, metrics, output_tag, report_rows, worst_errors
-from cnncli.train import load_run, resolve
+from cnncli.runs import load_run
+from cnncli.train import resolve
 from cnncli.train.engine import fit
 from cnncli.train.progress import Progress
 

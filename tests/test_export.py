@@ -24,7 +24,8 @@ from cnncli.models import abstract_model
 from cnncli.models.layers import reference_ops
 from cnncli.models.registry import ARCHS
 from cnncli.predict import calibrated
-from cnncli.train import load_run
+from cnncli.runs import load_run
+from cnncli.runs.infer import predict_fn
 from test_evaluate import trained_run
 
 # Primitives a converter or another runtime may not know, or that the fast forms use.
@@ -106,7 +107,7 @@ def _primitives(jaxpr) -> set:
 def test_exported_graph_is_plain_ops_for_every_arch(arch):
     shape = (64, 64, 3) if arch in ("vgg16", "resnet_photo") else (32, 32, 3)
     model = abstract_model(arch, shape, 10)  # shapes only: even VGG-16 traces at once
-    predict, state = E.predict_fn(model, False, (0.5,) * 3, (0.25,) * 3, tta_flip=True, tta_shift=1,
+    predict, state = predict_fn(model, False, (0.5,) * 3, (0.25,) * 3, tta_flip=True, tta_shift=1,
                                   tta_scales=(0.8, 1.25), temperature=1.5)
     spec = jax.ShapeDtypeStruct(jax.export.symbolic_shape("batch, %d, %d, 3" % shape[:2]), jnp.uint8)
     with reference_ops():

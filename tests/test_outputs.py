@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from cnncli.tables import csv_text, sig
-from cnncli.train import read_history
+from cnncli.runs import read_history
 from cnncli.train.logs import JSONL_FIELDS, EpochLog, read_jsonl
 from test_evaluate import trained_run
 
@@ -157,7 +157,7 @@ def test_saliency_lands_on_the_part_of_the_file_the_model_saw(tmp_path):
 def test_explain_shows_the_file_as_drawn_and_the_map_over_it_in_grey(digits, tmp_path, monkeypatch):
     import cnncli.plots as plots
     from cnncli.explain import explain
-    from cnncli.train import load_run
+    from cnncli.runs import load_run
 
     drawn = np.full((60, 40, 3), 250, np.uint8)
     drawn[10:50, 18:24] = (20, 40, 200)  # a blue "1" on paper
@@ -178,7 +178,7 @@ def test_slow_work_prints_plain_progress_lines_off_a_terminal(digits, tmp_path, 
     import cnncli.console as console
     from cnncli.evaluate import evaluate
     from cnncli.predict import predict_files
-    from cnncli.train import load_run
+    from cnncli.runs import load_run
 
     with console.task_progress("quick", 3, "files") as advance:  # done within PLAIN_EVERY: silent
         for _ in range(3):

@@ -20,7 +20,7 @@ from cnncli import __version__
 from cnncli.errors import CnnError
 from cnncli.explain import saliency_map
 from cnncli.predict import centre_digit, collect_inputs, csv_text, describe, predict_files
-from cnncli.train import Run, load_run
+from cnncli.runs import Run, load_run
 from test_evaluate import cli, trained_run
 
 
@@ -243,7 +243,7 @@ def test_drawn_digits_are_read_by_the_mnist_model(mnist, tmp_path):
 
 
 def test_saliency_is_the_gradient_of_the_predicted_logit(digits):
-    from cnncli.train.augment import normalize
+    from cnncli.runs.infer import normalize
 
     run = load_run(digits["run_dir"])
     x = np.asarray(digit_image(0))[..., None]

@@ -145,7 +145,7 @@ def test_fine_tuning_above_a_cached_frozen_prefix(data_dir, tmp_path):
     """--pretrained with --freeze N: layers 0..N-1 run once per image and view; the run's checkpoint is the
     whole network, and the full network on the test images scores exactly what training reported."""
     from cnncli.evaluate import evaluate
-    from cnncli.train import load_run
+    from cnncli.runs import load_run
 
     _weights_file()
     r = cli("train", "--arch", "efficientnet_lite0", "--pretrained", "imagenet", "--dataset", "cats_vs_dogs",

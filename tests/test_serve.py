@@ -23,7 +23,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from cnncli.serve import QUICK_BYTES, Batcher, _quick, bucket, create_app, model_info
-from cnncli.train import load_run
+from cnncli.runs import load_run
 from test_evaluate import trained_run
 from test_predict import bomb_png, digit_image
 

@@ -20,7 +20,8 @@ from PIL import Image
 from cnncli.console import Out
 from cnncli.errors import CnnError
 from cnncli.recipes import get_recipe
-from cnncli.train import checkpoint, read_history, resolve
+from cnncli.runs import checkpoint, read_history
+from cnncli.train import resolve
 from cnncli.train.engine import fit
 from cnncli.train.progress import Progress
 
@@ -91,7 +92,7 @@ def test_early_stopping_restores_best_epoch(tmp_path):
     assert s["stopped_early"] and len(hist) == best["epoch"] + 1 < 12  # patience 1: one epoch after the best
     assert s["best_epoch"] == best["epoch"] and hist[-1]["val_accuracy"] <= best["val_accuracy"]  # a tie is no improvement (as Keras)
     # The kept weights are the best epoch's: evaluating them gives the best val accuracy again.
-    from cnncli.train import load_run
+    from cnncli.runs import load_run
     from cnncli.data import load_dataset
 
     run = load_run(s["run_dir"], "best")
@@ -132,7 +133,8 @@ def test_tta_views_and_their_average():
     from flax import nnx
 
     from cnncli.models import create_model
-    from cnncli.train.step import make_eval_step, split, tta_views
+    from cnncli.runs.infer import make_eval_step, tta_views
+    from cnncli.train.step import split
 
     x = np.random.default_rng(0).integers(0, 256, (4, 8, 8, 1), dtype=np.uint8)
     pad = np.pad(x, ((0, 0), (2, 2), (2, 2), (0, 0)), mode="reflect")
@@ -237,11 +239,12 @@ def test_airbench_options_from_the_command_line(tmp_path):
 
 
 def test_resume_takes_data_derived_layers_from_the_checkpoint(tmp_path, monkeypatch):
-    from cnncli.train import TrainConfig, engine, read_config
+    from cnncli.runs import read_config
+    from cnncli.train import TrainConfig, prepare
 
     calls = []
-    real = engine._init_from_data
-    monkeypatch.setattr(engine, "_init_from_data", lambda *a: calls.append(a) or real(*a))
+    real = prepare._init_from_data
+    monkeypatch.setattr(prepare, "_init_from_data", lambda *a: calls.append(a) or real(*a))
     s = train(tmp_path, epochs=1)
     assert len(calls) == 1  # a fresh run sets them from the data
     cfg = TrainConfig.from_dict(read_config(s["run_dir"]))

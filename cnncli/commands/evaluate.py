@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 import typer
 
 from ..checks import choice
-from ..train.rundir import CHECKPOINTS
+from ..runs.rundir import CHECKPOINTS
 from .options import Json, MinAccuracy, option
 
 
@@ -44,7 +44,7 @@ def evaluate(
     from ..console import Out
     from ..evaluate import evaluate as evaluate_run
     from ..evaluate import report_rows
-    from ..train import latest_run
+    from ..runs import latest_run
 
     o = Out(json=json)
     if reframe:

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 from ..checks import EXPORT_FORMATS, EXPORT_PRECISIONS, Range, choice
-from ..train.rundir import CHECKPOINTS
+from ..runs.rundir import CHECKPOINTS
 from .options import Json, argument, option
 
 RunArg = Annotated[Optional[Path], argument("Run directory (default: the newest under runs/train).", metavar="RUN_DIR")]
@@ -26,7 +26,7 @@ def export(
     """Write the model as ONNX, StableHLO, SavedModel or TFLite, with its preprocessing, and check it."""
     from ..console import Out
     from ..export import export as export_run
-    from ..train import latest_run
+    from ..runs import latest_run
 
     o = Out(json=json)
     with o.console.status(f"exporting {fmt} (converting, then checking it in its runtime)"):
@@ -59,7 +59,7 @@ def serve(
 
     require()
     model = load_model(run, checkpoint)
-    serve_model(model, host=host, port=port, checkpoint=checkpoint, max_batch=max_batch, max_wait_ms=max_wait_ms,
+    serve_model(model, host=host, port=port, max_batch=max_batch, max_wait_ms=max_wait_ms,
                 max_upload_mb=max_upload_mb, say=lambda line: print(line, flush=True))
 
 

@@ -77,7 +77,7 @@ def explain(
     from ..console import Out
     from ..explain import explain as explain_image
     from ..export import is_export
-    from ..train import latest_run, load_run
+    from ..runs import latest_run, load_run
 
     o = Out(json=json)
     if model is not None and is_export(model):

@@ -31,7 +31,8 @@ def train(ctx: typer.Context, **kw):
     others, and an option you type always wins. --config RUN/config.json reruns a run as recorded.
     """
     from ..console import Out, fmt
-    from ..train import TrainConfig, read_config
+    from ..runs import read_config
+    from ..train import TrainConfig
     from ..train.progress import Progress
 
     typed = {k: str(v) if isinstance(v, Path) else v for k, v in kw.items()  # config.json records paths as text
@@ -96,7 +97,7 @@ def _resolve(typed: dict, config: Path | None, o):
 
 def _read_config(path: Path) -> dict:
     """A recorded config: `RUN/config.json`, a run directory, or a file `--print-config` wrote."""
-    from ..train import read_config
+    from ..runs import read_config
 
     path = Path(path)
     if path.is_dir():

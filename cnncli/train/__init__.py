@@ -1,9 +1,10 @@
-"""The training engine: config, optimizers, on-device augmentation, jitted steps, checkpoints, run directories."""
+"""The training engine: config, optimizers, on-device augmentation, the jitted train step, the loop.
+Runs it writes are read through `cnncli.runs`."""
 
+from ..runs import read_config, read_history
 from .config import TrainConfig, resolve
-from .rundir import Run, latest_run, load_run, read_config, read_history
 
-__all__ = ["TrainConfig", "resolve", "Run", "latest_run", "load_run", "read_config", "read_history", "fit"]
+__all__ = ["TrainConfig", "resolve", "read_config", "read_history", "fit"]
 
 
 def fit(*args, **kwargs):

@@ -17,16 +17,6 @@ from .config import crop_pad, rrc_min_scale
 RRC_RATIO = (3 / 4, 4 / 3)  # rrc's crop aspect ratios (width / height), drawn log-uniform as torchvision's
 
 
-def to_unit(x):
-    """uint8 NHWC -> float32 in [0, 1]."""
-    return x.astype(jnp.float32) / 255.0
-
-
-def normalize(x, mean, std):
-    """Standardise a [0, 1] batch; `mean`/`std` are per channel (0 and 1 leave x/255 as the seeds had it)."""
-    return (x - jnp.asarray(mean, jnp.float32)) / jnp.asarray(std, jnp.float32)
-
-
 def alternating_flip(key, x, idx, epoch):
     """airbench's derandomized flip: image `i` is mirrored in even epochs if a coin drawn once for it
     (from `key` and `i`) says so, and in the odd epochs otherwise. Every image is seen both ways in

@@ -10,7 +10,8 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from ..errors import CnnError
 from ..timing import Timer, rates
-from .config import TrainConfig, seed_value
+from ..checks import seed_value
+from .config import TrainConfig
 from .feed import order
 from .step import zero_metrics
 

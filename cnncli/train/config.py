@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..checks import (AT_LEAST_1, FRACTION_BELOW_1, NON_NEGATIVE, POSITIVE, SEED, Folder, Range, check_name,
-                      check_out, choice)
+                      check_out, choice, scale_list)
 from ..data.registry import DATASETS
 from ..errors import CnnError
 from ..models.registry import ACTIVATION_CHOICES, ARCHS
@@ -114,7 +114,7 @@ class TrainConfig:
     lookahead: bool = option(False, "Every 5 steps move the weights to their EMA (airbench's Lookahead).")
     tta_flip: bool = option(False, "Test-time: average predictions with the mirror image.")
     tta_shift: int = option(0, "Test-time: also average over copies shifted by +-N pixels (0 = off).", NON_NEGATIVE)
-    # step.zoomed_view; "": off
+    # runs/infer.zoomed_view; "": off
     tta_scales: str = option("", "Test-time: also average over views at these shares of the side: 0.8 = the central "
                              "80% enlarged, 1.25 = shrunk in a border (default: off).", metavar="SCALES")
     init_from: str | None = option(None, "Start from the weights of another run (transfer learning).", Folder(),
@@ -184,22 +184,6 @@ def options_by_name() -> dict:
     return {f.name: f for f in options()}
 
 
-# Seeds inside [0, SEED_SPAN) are used as typed (every recorded result keeps its weights); the code
-# adds offsets of up to ~2**17 to them and JAX keys take 32-bit integers, so any other integer a
-# user types (-1, 2**70) is hashed into that span.
-SEED_SPAN = 2**31 - 2**20
-
-
-def seed_value(seed: int) -> int:
-    """The seed the engine computes with for the seed a user typed (any integer)."""
-    seed = int(seed)
-    if 0 <= seed < SEED_SPAN:
-        return seed
-    import hashlib
-
-    return int.from_bytes(hashlib.sha256(str(seed).encode()).digest()[:8], "little") % SEED_SPAN
-
-
 def augment_list(spec: str | None) -> list[str]:
     if not spec or spec == "none":
         return []
@@ -213,23 +197,6 @@ def crop_pad(ops) -> int:
         if name == "crop":
             return int(size) if size else 4
     return 0
-
-
-def scale_list(spec: str | None) -> tuple[float, ...]:
-    """--tta-scales as numbers: a comma list of shares of the side, each in [0.25, 2] and not 1."""
-    out = []
-    for part in (spec or "").split(","):
-        if not part.strip():
-            continue
-        try:
-            v = float(part)
-        except ValueError:
-            v = -1.0
-        if not (0.25 <= v <= 2.0) or v == 1.0:
-            raise CnnError(f"--tta-scales takes shares of the side in [0.25, 2] other than 1 "
-                           f"(0.8: the central 80% enlarged; 1.25: the image shrunk in a border), not {part.strip()!r}")
-        out.append(v)
-    return tuple(out)
 
 
 def rrc_min_scale(ops) -> float | None:

@@ -18,7 +18,7 @@ import jax
 import numpy as np
 from flax import nnx
 
-from .augment import normalize, to_unit
+from ..runs.infer import normalize, to_unit
 from .config import TrainConfig, augment_list
 
 BATCH = 64  # images per forward pass of the prefix

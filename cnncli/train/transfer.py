@@ -9,7 +9,7 @@ import jax
 import numpy as np
 
 from ..errors import CnnError
-from . import checkpoint, rundir
+from ..runs import checkpoint, rundir
 
 
 def init_from(src: str, params, rest, classes=None, binary: bool = False):
@@ -17,9 +17,7 @@ def init_from(src: str, params, rest, classes=None, binary: bool = False):
     head of another size starts from the source head's rows of the same class names when it has them
     all (CIFAR-10's cat and dog rows for cats vs dogs; see `head_rows`), else it is re-initialised."""
     src_dir = Path(src)
-    meta, arrays = checkpoint.load(src_dir / "checkpoints" / "best.msgpack"
-                                   if (src_dir / "checkpoints" / "best.msgpack").exists()
-                                   else src_dir / "checkpoints" / "last.msgpack")
+    meta, arrays = checkpoint.load(rundir.checkpoint_in(src_dir, "best")[0])
     weights = "ema" if meta.get("use_ema") else "params"  # what the source run evaluated and kept
     copied, fresh = 0, []
 

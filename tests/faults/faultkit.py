@@ -81,7 +81,7 @@ class Disk:
                 yield tmp
 
         self._mp.setattr(fsutil, "atomic_path", failing)
-        for mod in ("cnncli.train.checkpoint", "cnncli.data.cache"):
+        for mod in ("cnncli.runs.checkpoint", "cnncli.data.cache"):
             self._mp.setattr(f"{mod}.atomic_path", failing)
 
 

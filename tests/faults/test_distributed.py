@@ -10,7 +10,7 @@ import time
 
 import numpy as np
 
-from cnncli.train import checkpoint
+from cnncli.runs import checkpoint
 
 from faultkit import one_line
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from flax import serialization
 
-from cnncli.train import checkpoint
+from cnncli.runs import checkpoint
 
 from faultkit import one_line
 

@@ -3,7 +3,7 @@
 import json
 
 from cnncli.data import load_dataset
-from cnncli.train.config import SEED_SPAN, seed_value
+from cnncli.checks import SEED_SPAN, seed_value
 
 DIGITS = ("train", "--dataset", "digits", "--arch", "net2", "--batch-size", "64", "--epochs", "1")
 

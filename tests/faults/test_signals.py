@@ -12,7 +12,7 @@ import subprocess
 import sys
 import time
 
-from cnncli.train import checkpoint
+from cnncli.runs import checkpoint
 
 from faultkit import cli, one_line
 
@@ -94,7 +94,7 @@ def test_a_process_started_with_ctrl_c_ignored_keeps_ignoring_it():
     """nohup and a script's background job start a process with SIGINT ignored: the training loop's
     handler must not take Ctrl-C over for the epochs only (the run then ignored it before and after
     them, and stopped in the middle: #43's two tests, under a pytest started that way)."""
-    from cnncli.train.engine import _Interrupt
+    from cnncli.train.epochs import _Interrupt
 
     before = signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:

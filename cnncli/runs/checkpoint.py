@@ -108,3 +108,9 @@ def load(path: Path) -> tuple[dict, dict[str, np.ndarray]]:
             raise CnnError(f"checkpoint {path}: {name!r} holds NaN or infinite values (a diverged run or a "
                            f"damaged file); retrain, e.g. with a lower --lr")
     return meta, state
+
+
+def subtree(arrays: dict, prefix: str) -> dict:
+    """The entries under `prefix/` of a flat checkpoint, with the prefix removed."""
+    p = prefix + "/"
+    return {k[len(p):]: v for k, v in arrays.items() if k.startswith(p)}
