@@ -30,7 +30,8 @@ def main() -> None:
     args = p.parse_args()
 
     from cnncli.bench import cpu_info
-    from cnncli.export import FORMATS, export, load_export
+    from cnncli.export import FORMATS, export
+    from cnncli.exported import load_export
     from cnncli.predict import collect_inputs, predict_files
     from cnncli.runtime import tune_xla
     from cnncli.runs import load_run

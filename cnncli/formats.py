@@ -1,5 +1,5 @@
 """The export formats, one table: `cnn export --format`'s choices, the file each writes, which
-function of `export.py` writes and which opens it, and what it can hold. Standard library only:
+function of `export.py` writes it and which of `exported.py` opens it, and what it can hold. Standard library only:
 the command line reads the choices from here without importing NumPy or a converter.
 """
 
@@ -16,7 +16,7 @@ class Format:
     inline_meta: bool  # metadata inside the file (else the JSON beside it)
     bf16: bool  # the runtime runs bfloat16 convolutions (onnxruntime's and TFLite's CPU kernels do not)
     writer: str  # export.py's function writing it: (fn, input spec, path, metadata)
-    loader: str  # export.py's function opening it: path -> (metadata, call)
+    loader: str  # exported.py's function opening it: path -> (metadata, call)
 
 
 FORMATS = {

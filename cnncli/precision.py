@@ -1,7 +1,7 @@
 """`--precision fp32|bf16|auto`: which precision the products run in.
 
 bf16 is mixed precision: convolutions and dense layers take bf16 operands and accumulate in fp32
-(`layers._dot`); master weights, the loss, BatchNorm statistics and the optimizer stay fp32.
+(`models/ops._dot`); master weights, the loss, BatchNorm statistics and the optimizer stay fp32.
 `auto` picks bf16 only where the CPU has bf16 arithmetic (AMX or AVX512_BF16, from its flags) and
 the step measured here is faster in it: on an AMX Xeon a bf16 product with fp32 accumulation ran
 at 440-730 GFLOP/s against 126-165 in fp32, while on an AVX2-only CPU bf16 is emulated and slower.

@@ -67,7 +67,7 @@ def collect_inputs(paths) -> tuple[list[Path], int]:
 
 def digit_box(run) -> float | None:
     """The share of the frame a digit's longer side fills for a digit model, None for other models."""
-    if "digit_box" in run.config:  # an export (export.Exported) carries the rule in its metadata
+    if "digit_box" in run.config:  # an export (exported.Exported) carries the rule in its metadata
         return run.config["digit_box"]
     name = run.config.get("data", {}).get("name") or Path(str(run.config.get("dataset", ""))).name
     if name in DIGIT_BOX:

@@ -26,6 +26,7 @@ import sys
 import tempfile
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -168,17 +169,15 @@ def bucket(n: int) -> int:
 
 def create_app(model, *, info: dict | None = None, max_batch: int = 32, max_wait_ms: float = 5.0,
                max_upload_mb: float = 20.0, top_k: int = 3, warm: bool = False):
-    """The FastAPI app serving `model` (a `Run` or an `export.Exported`); `info` is GET /model's body."""
+    """The FastAPI app serving `model` (a `Run` or an `exported.Exported`); `info` is GET /model's body."""
     from contextlib import asynccontextmanager
 
     from fastapi import FastAPI, Request
     from fastapi.responses import HTMLResponse, JSONResponse, Response
     from starlette.concurrency import run_in_threadpool
 
-    from . import predict as P
-
     batcher = Batcher(model, max_batch, max_wait_ms)
-    limit = int(max_upload_mb * 1024 * 1024)
+    limit = Limit(int(max_upload_mb * 1024 * 1024), max_upload_mb)
     explain_lock = threading.Lock()  # matplotlib's pyplot (the explain picture) is not thread-safe
 
     @asynccontextmanager
@@ -189,90 +188,26 @@ def create_app(model, *, info: dict | None = None, max_batch: int = 32, max_wait
 
     app = FastAPI(title="cnn", summary="Image classification with a cnn run", lifespan=lifespan)
 
-    def error(status: int, message: str, **extra):
-        return JSONResponse({"error": message, **extra}, status_code=status)
-
     @app.exception_handler(Exception)
     async def internal(request, exc):  # a bug: logged here with its traceback, one line to the client
         import traceback
 
         traceback.print_exception(exc, file=sys.stderr)
-        return error(500, f"internal error ({type(exc).__name__}); the server goes on")
-
-    async def uploads(request: Request) -> list[tuple[str, bytes]] | JSONResponse:
-        """(name, bytes) of each image sent: the raw body, or every file of a multipart form."""
-        size = request.headers.get("content-length")
-        if size and size.isdigit() and int(size) > limit:
-            return error(413, f"request of {int(size) / 2**20:.1f} MB is over the {max_upload_mb:g} MB limit "
-                              "(--max-upload-mb)")
-        body = bytearray()
-        async for chunk in request.stream():  # counted as it arrives: a body without a length cannot exceed either
-            body += chunk
-            if len(body) > limit:
-                return error(413, f"request is over the {max_upload_mb:g} MB limit (--max-upload-mb)")
-        if request.headers.get("content-type", "").startswith("multipart/form-data"):
-            request._body = bytes(body)  # Starlette's form parser reads the body it finds here
-            try:
-                form = await request.form(max_files=MAX_FILES)
-            except Exception as e:
-                return error(400, f"bad multipart form ({str(e)[:80]})")
-            files = [(v.filename or k, await v.read()) for k, v in form.multi_items() if hasattr(v, "read")]
-            if not files:
-                return error(400, "empty request: send image files in the form (or an image as the body)")
-            return files
-        if not body:
-            return error(400, "empty request: send an image as the body (or files in a multipart form)")
-        return [(request.headers.get("x-filename") or "image", bytes(body))]
-
-    def prepare(files, invert):
-        out = []
-        for name, data in files:
-            try:
-                out.append(P.prepare(data, model, invert))
-            except CnnError as e:
-                out.append(str(e))
-        return out
-
-    async def predict(request: Request) -> Response:
-        """Classify one or several images; per image {file, class, probability, top_k, note} or {file, error}."""
-        invert, k = request.query_params.get("invert", "auto"), request.query_params.get("top_k", str(top_k))
-        if invert not in P.INVERT_CHOICES:
-            return error(400, f"invert must be one of {', '.join(P.INVERT_CHOICES)}, not {invert!r}")
-        if not k.lstrip("-").isdigit() or int(k) < 1:
-            return error(400, f"top_k must be a whole number of at least 1, not {k!r}")
-        files = await uploads(request)
-        if isinstance(files, JSONResponse):
-            return files
-        with batcher.expect():
-            # A thumbnail (an MNIST digit: ~50 us) is decoded here; a thread hop would cost more than
-            # that. A photo goes to the thread pool, so that the loop goes on serving meanwhile.
-            prepared = prepare(files, invert) if all(map(_quick, (d for _, d in files))) else \
-                await run_in_threadpool(prepare, files, invert)
-            good = [i for i, p in enumerate(prepared) if not isinstance(p, str)]
-            probs = batcher.submit(np.stack([prepared[i].x for i in good])) if good else None
-        probs = P.calibrated(model, await probs) if good else None
-        row = {i: r for r, i in enumerate(good)}
-        results = [{"file": name, "error": p} if isinstance(p, str) else
-                   P.result(model, name, probs[row[i]], p.notes, int(k))
-                   for i, ((name, _), p) in enumerate(zip(files, prepared))]
-        if not good:  # nothing could be classified: the client's input, and the line `cnn predict` prints
-            first = results[0]
-            return error(400, f"{first['file']}: {first['error']}", results=results)
-        return JSONResponse({"results": results})
+        return _error(500, f"internal error ({type(exc).__name__}); the server goes on")
 
     @app.post("/explain")
     async def explain(request: Request, invert: str = "auto"):
         """The saliency picture `cnn explain` draws, as PNG, for one image."""
         if not hasattr(model, "model"):
-            return error(501, "saliency maps need the run directory (serve the run, not an export)")
-        files = await uploads(request)
+            return _error(501, "saliency maps need the run directory (serve the run, not an export)")
+        files = await _uploads(request, limit)
         if isinstance(files, JSONResponse):
             return files
         name, data = files[0]
         try:
             png = await run_in_threadpool(_explain_png, model, name, data, invert, explain_lock)
         except CnnError as e:  # the reason alone: the message of a file would name the temporary copy
-            return error(400, f"{name}: {getattr(e, 'reason', None) or e}")
+            return _error(400, f"{name}: {getattr(e, 'reason', None) or e}")
         return Response(png, media_type="image/png")
 
     @app.get("/health")
@@ -288,10 +223,16 @@ def create_app(model, *, info: dict | None = None, max_batch: int = 32, max_wait
     async def page():
         return PAGE.read_text()
 
+    return _direct_predict(app, lambda request: _predict(request, model, batcher, limit, top_k), internal)
+
+
+def _direct_predict(app, predict, internal):
+    """The ASGI app served: POST /predict, the route under load, goes straight to `predict`: FastAPI's
+    per-request machinery (its middleware stack, parameter validation, response encoding) cost more than
+    the model's share of a one-image request. Everything else is FastAPI's `app`."""
+    from fastapi import Request
+
     async def service(scope, receive, send):
-        """POST /predict, the route under load, goes straight to its handler: FastAPI's per-request
-        machinery (its middleware stack, parameter validation, response encoding) cost more than the
-        model's share of a one-image request. Everything else is FastAPI's."""
         if scope["type"] != "http" or scope["path"] != "/predict" or scope["method"] != "POST":
             return await app(scope, receive, send)
         started = False
@@ -310,6 +251,94 @@ def create_app(model, *, info: dict | None = None, max_batch: int = 32, max_wait
 
     service.api = app  # the FastAPI app itself (its routes, its OpenAPI document)
     return service
+
+
+@dataclass(frozen=True)
+class Limit:
+    """The largest request body accepted (--max-upload-mb), in bytes and as the user gave it."""
+
+    bytes: int
+    mb: float
+
+
+def _error(status: int, message: str, **extra):
+    from fastapi.responses import JSONResponse
+
+    return JSONResponse({"error": message, **extra}, status_code=status)
+
+
+async def _uploads(request, limit: Limit):
+    """(name, bytes) of each image sent: the raw body, or every file of a multipart form; or the
+    4xx response saying what is wrong with the request."""
+    size = request.headers.get("content-length")
+    if size and size.isdigit() and int(size) > limit.bytes:
+        return _error(413, f"request of {int(size) / 2**20:.1f} MB is over the {limit.mb:g} MB limit "
+                           "(--max-upload-mb)")
+    body = bytearray()
+    async for chunk in request.stream():  # counted as it arrives: a body without a length cannot exceed either
+        body += chunk
+        if len(body) > limit.bytes:
+            return _error(413, f"request is over the {limit.mb:g} MB limit (--max-upload-mb)")
+    if request.headers.get("content-type", "").startswith("multipart/form-data"):
+        request._body = bytes(body)  # Starlette's form parser reads the body it finds here
+        try:
+            form = await request.form(max_files=MAX_FILES)
+        except Exception as e:
+            return _error(400, f"bad multipart form ({str(e)[:80]})")
+        files = [(v.filename or k, await v.read()) for k, v in form.multi_items() if hasattr(v, "read")]
+        if not files:
+            return _error(400, "empty request: send image files in the form (or an image as the body)")
+        return files
+    if not body:
+        return _error(400, "empty request: send an image as the body (or files in a multipart form)")
+    return [(request.headers.get("x-filename") or "image", bytes(body))]
+
+
+def _prepare_all(files, model, invert) -> list:
+    """Each upload decoded and fitted to the model's input, or the one-line reason it cannot be."""
+    from . import predict as P
+
+    out = []
+    for name, data in files:
+        try:
+            out.append(P.prepare(data, model, invert))
+        except CnnError as e:
+            out.append(str(e))
+    return out
+
+
+async def _predict(request, model, batcher: "Batcher", limit: Limit, top_k: int):
+    """POST /predict: classify one or several images; per image {file, class, probability, top_k, note}
+    or {file, error}."""
+    from fastapi.responses import JSONResponse
+    from starlette.concurrency import run_in_threadpool
+
+    from . import predict as P
+
+    invert, k = request.query_params.get("invert", "auto"), request.query_params.get("top_k", str(top_k))
+    if invert not in P.INVERT_CHOICES:
+        return _error(400, f"invert must be one of {', '.join(P.INVERT_CHOICES)}, not {invert!r}")
+    if not k.lstrip("-").isdigit() or int(k) < 1:
+        return _error(400, f"top_k must be a whole number of at least 1, not {k!r}")
+    files = await _uploads(request, limit)
+    if isinstance(files, JSONResponse):
+        return files
+    with batcher.expect():
+        # A thumbnail (an MNIST digit: ~50 us) is decoded here; a thread hop would cost more than
+        # that. A photo goes to the thread pool, so that the loop goes on serving meanwhile.
+        prepared = _prepare_all(files, model, invert) if all(map(_quick, (d for _, d in files))) else \
+            await run_in_threadpool(_prepare_all, files, model, invert)
+        good = [i for i, p in enumerate(prepared) if not isinstance(p, str)]
+        probs = batcher.submit(np.stack([prepared[i].x for i in good])) if good else None
+    probs = P.calibrated(model, await probs) if good else None
+    row = {i: r for r, i in enumerate(good)}
+    results = [{"file": name, "error": p} if isinstance(p, str) else
+               P.result(model, name, probs[row[i]], p.notes, int(k))
+               for i, ((name, _), p) in enumerate(zip(files, prepared))]
+    if not good:  # nothing could be classified: the client's input, and the line `cnn predict` prints
+        first = results[0]
+        return _error(400, f"{first['file']}: {first['error']}", results=results)
+    return JSONResponse({"results": results})
 
 
 def _explain_png(run, name: str, data: bytes, invert: str, lock) -> bytes:

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from cnncli.compare import Plan, check_plan, conclusion, grid, parse_vary, pooling_variants, run, run_stats, table_rows
+from cnncli.compare import Plan, check_plan, grid, parse_vary, pooling_variants, run
+from cnncli.comparison import conclusion, run_stats, table_rows
 from cnncli.errors import CnnError
 from cnncli.fsutil import write_json
 from cnncli.runs.rundir import write_history

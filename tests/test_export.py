@@ -20,6 +20,7 @@ from PIL import Image
 from cnncli import export as E
 from cnncli.errors import CnnError
 from cnncli.evaluate import dataset_for
+from cnncli.exported import load_export
 from cnncli.models import abstract_model
 from cnncli.models.layers import reference_ops
 from cnncli.models.registry import ARCHS
@@ -70,7 +71,7 @@ def test_each_format_answers_as_the_run(fmt, binary, exported):
     assert r["max_abs_diff"] <= E.TOLERANCE and r["checkpoint"] == "best" and r["precision"] == "fp32"
     run = load_run(binary["run_dir"])
     x = dataset_for(run)[0].test.x
-    model = E.load_export(r["file"])
+    model = load_export(r["file"])
     want, got = calibrated(run, run.probabilities(x)), model.probabilities(x)
     assert got.shape == want.shape == (len(x), 2)
     assert np.abs(got - want).max() <= 1e-4
@@ -153,7 +154,7 @@ def test_user_errors_are_one_line(digits, tmp_path, monkeypatch, run_cnn):
     fake = tmp_path / "page.onnx"
     fake.write_text("<html>not a model</html>")
     with pytest.raises(CnnError, match="cannot load as onnx"):
-        E.load_export(fake)
+        load_export(fake)
     code, _, err = run_cnn("predict", fake, "--model", fake)
     assert code == 2 and err.startswith("error: ") and err.count("\n") == 1
     import importlib.util

@@ -17,7 +17,7 @@ import pytest
 
 from cnncli import kernels, tuner
 from cnncli.kernels import build
-from cnncli.models import layers
+from cnncli.models import conv, layers, pooling
 from cnncli.models.registry import ARCHS
 
 TOL = {"float32": 1e-5, "bfloat16": 2.0**-8}
@@ -42,20 +42,20 @@ def _geometries():
 
     def spy_conv(x, kernel, strides, pads):
         add("conv", x.shape, tuple(kernel.shape), strides, pads)
-        return layers._fwd_xla(x, kernel, strides, pads)
+        return conv._fwd_xla(x, kernel, strides, pads)
 
     def spy_max(x, window, stride, padding):
-        add("max", x.shape, (window, window), (stride, stride), layers._pool_geometry(x.shape, window, stride, padding)[1])
-        return layers._pool_xla(x, window, stride, padding)
+        add("max", x.shape, (window, window), (stride, stride), pooling._pool_geometry(x.shape, window, stride, padding)[1])
+        return pooling._pool_xla(x, window, stride, padding)
 
     def spy_avg(x, window, stride):
         add("avg", x.shape, (window, window), (stride, stride), ((0, 0), (0, 0)))
-        return layers._avg_slices(x, window, stride)
+        return pooling._avg_slices(x, window, stride)
 
     mp = pytest.MonkeyPatch()
-    mp.setattr(layers, "_conv_forward", spy_conv)
-    mp.setattr(layers, "_max_pool", spy_max)
-    mp.setattr(layers, "_avg_pool", spy_avg)
+    mp.setattr(conv, "_conv_forward", spy_conv)
+    mp.setattr(pooling, "_max_pool", spy_max)
+    mp.setattr(pooling, "_avg_pool", spy_avg)
     try:
         for spec in ARCHS.values():
             for shape in SHAPES:

@@ -17,7 +17,7 @@ from flax import nnx
 from jax import lax
 
 from cnncli import kernels, tuner
-from cnncli.models import layers
+from cnncli.models import conv, dense, layers, ops
 
 DN = ("NHWC", "HWIO", "NHWC")
 TOL = {"float32": 1e-5, "bfloat16": 2.0**-8}
@@ -69,25 +69,25 @@ def test_conv_candidates_equal_lax(size, kernel, stride, padding, cin, dtype):
     """Each direction's every candidate: forward, input gradient, kernel gradient."""
     x, k, _ = _data((3, size, size + 1, cin), (kernel, kernel, cin, 6), dtype=dtype)
     strides = (stride, stride)
-    pads = layers._window_pads(x.shape[1:3], k.shape[:2], strides, padding)
+    pads = ops._window_pads(x.shape[1:3], k.shape[:2], strides, padding)
     want = _plain_conv(x, k, strides, pads)
     dy = jax.random.normal(jax.random.key(9), want.shape).astype(dtype)
     _, vjp = jax.vjp(lambda a, b: _plain_conv(a, b, strides, pads), x.astype(jnp.float32), k.astype(jnp.float32))
     dx_want, dw_want = vjp(dy.astype(jnp.float32))
     tol = TOL[dtype]
     geometry = (x.shape, k.shape, want.shape[1:3], strides, pads)
-    for name, fn in layers.CONV_FWD.items():
+    for name, fn in conv.CONV_FWD.items():
         if _no_kernel(name, kernels.CONV_FWD, dtype, *geometry):
             continue
         got = jax.jit(fn, static_argnums=(2, 3))(x, k, strides, pads)
         assert got.dtype == x.dtype, name
         _close(got, want, tol, name)
-    for name, fn in layers.IGRAD.items():
+    for name, fn in conv.IGRAD.items():
         if name.startswith("im2col") and stride > 1 or _no_kernel(name, kernels.CONV_BWD_DATA, dtype, *geometry):
             continue  # im2col: the stride-1 identity only
         _close(jax.jit(fn, static_argnums=(2, 3, 4))(dy, k, x.shape, strides, pads), dx_want, tol, name)
-    for name, fn in layers.KGRAD.items():
-        if name == "grouped" and not (cin == 1 and stride == 1 and want.shape[2] % layers.PIXEL_GROUP == 0):
+    for name, fn in conv.KGRAD.items():
+        if name == "grouped" and not (cin == 1 and stride == 1 and want.shape[2] % conv.PIXEL_GROUP == 0):
             continue
         if _no_kernel(name, kernels.CONV_BWD_WEIGHTS, dtype, *geometry):
             continue
@@ -119,17 +119,17 @@ def test_conv2d_through_the_tuner_equals_lax(forced, name, stride, cin):
 @pytest.mark.parametrize("images,stride,cin", [(1, 1, 3), (1, 2, 8), (3, 1, 1), (3, 2, 8)])
 def test_convolution_summed_over_batch_chunks(monkeypatch, images, stride, cin):
     out = 8 // stride
-    monkeypatch.setattr(layers, "CHUNK_BYTES", 1 if images == 1 else images * out * out * max(9 * cin, 5) * 4)
+    monkeypatch.setattr(conv, "CHUNK_BYTES", 1 if images == 1 else images * out * out * max(9 * cin, 5) * 4)
     x, k, _ = _data((6, 8, 8, cin), (3, 3, cin, 5), seed=1)
-    assert layers._patch_chunk(6, (out, out), k.shape, 4) == images
-    assert (layers._chunk(6, 3), layers._chunk(7, 3), layers._chunk(1, 0)) == (3, 1, 1)  # divisors, at least 1
-    pads = layers._window_pads(x.shape[1:3], (3, 3), (stride, stride), "SAME")
+    assert conv._patch_chunk(6, (out, out), k.shape, 4) == images
+    assert (conv._chunk(6, 3), conv._chunk(7, 3), conv._chunk(1, 0)) == (3, 1, 1)  # divisors, at least 1
+    pads = ops._window_pads(x.shape[1:3], (3, 3), (stride, stride), "SAME")
     want = _plain_conv(x, k, (stride, stride), pads)
     dy = jax.random.normal(jax.random.key(2), want.shape)
     dw_want = jax.vjp(lambda b: _plain_conv(x, b, (stride, stride), pads), k)[1](dy)[0]
-    _close(layers._fwd_im2col(x, k, (stride, stride), pads), want)
-    _close(layers._kgrad_patches(x, dy, k.shape, (stride, stride), pads), dw_want)
-    _close(layers._kgrad_patches(x, dy, k.shape, (stride, stride), pads, transposed=True), dw_want)
+    _close(conv._fwd_im2col(x, k, (stride, stride), pads), want)
+    _close(conv._kgrad_patches(x, dy, k.shape, (stride, stride), pads), dw_want)
+    _close(conv._kgrad_patches(x, dy, k.shape, (stride, stride), pads, transposed=True), dw_want)
 
 
 @pytest.mark.parametrize("group", [2, 4])
@@ -137,14 +137,14 @@ def test_convolution_summed_over_batch_chunks(monkeypatch, images, stride, cin):
 def test_single_channel_kernel_gradient_by_pixel_groups(monkeypatch, group, kernel, padding):
     """A 1-channel layer's kernel gradient from patches of `group` neighbouring pixels (output widths
     12 and 8 are multiples of both groups), 2 images a chunk."""
-    monkeypatch.setattr(layers, "CHUNK_BYTES", 1)
+    monkeypatch.setattr(conv, "CHUNK_BYTES", 1)
     x, k, _ = _data((4, 9, 12, 1), (kernel, kernel, 1, 5), seed=5)
-    pads = layers._window_pads(x.shape[1:3], (kernel, kernel), (1, 1), padding)
+    pads = ops._window_pads(x.shape[1:3], (kernel, kernel), (1, 1), padding)
     want = _plain_conv(x, k, (1, 1), pads)
     assert want.shape[2] % group == 0
     dy = jax.random.normal(jax.random.key(6), want.shape)
     dw_want = jax.vjp(lambda b: _plain_conv(x, b, (1, 1), pads), k)[1](dy)[0]
-    _close(layers._kgrad_patches(x, dy, k.shape, (1, 1), pads, group=group), dw_want)
+    _close(conv._kgrad_patches(x, dy, k.shape, (1, 1), pads, group=group), dw_want)
 
 
 @pytest.mark.parametrize("size,kernel,stride,padding", [
@@ -155,12 +155,12 @@ def test_patches_are_im2col(size, kernel, stride, padding):
     """Row (n, h, w) of the patch matrix is the padded input's window at (stride*h, stride*w), in (i, j, cin)
     order, for block sizes that split, cover or overrun the kernel (copies only: exact)."""
     x = np.asarray(jax.random.normal(jax.random.key(3), (2, size, size + 1, 3)))
-    pads = layers._window_pads(x.shape[1:3], (kernel, kernel), (stride, stride), padding)
-    out_hw = layers._out_hw(x.shape, (kernel, kernel), (stride, stride), pads)
+    pads = ops._window_pads(x.shape[1:3], (kernel, kernel), (stride, stride), padding)
+    out_hw = ops._out_hw(x.shape, (kernel, kernel), (stride, stride), pads)
     xp = np.pad(x, ((0, 0), pads[0], pads[1], (0, 0)))
     want = np.stack([xp[n, stride * h : stride * h + kernel, stride * w : stride * w + kernel].ravel()
                      for n in range(2) for h in range(out_hw[0]) for w in range(out_hw[1])])
-    got = jax.jit(layers._patches, static_argnums=(1, 2, 3, 4))(x, (kernel, kernel), (stride, stride), pads, out_hw)
+    got = jax.jit(conv._patches, static_argnums=(1, 2, 3, 4))(x, (kernel, kernel), (stride, stride), pads, out_hw)
     np.testing.assert_array_equal(np.asarray(got), want)
 
 
@@ -198,7 +198,7 @@ def test_conv_hook_falls_back_to_lax_for_other_convolutions():
 
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
-@pytest.mark.parametrize("name", list(layers.DENSE_KGRAD))
+@pytest.mark.parametrize("name", list(dense.DENSE_KGRAD))
 @pytest.mark.parametrize("x_shape", [(5, 7), (2, 3, 7)])
 def test_dense_values_and_gradients_equal_matmul(forced, name, x_shape, dtype):
     """Each kernel-gradient form through the layer; a 3-D input (leading axes folded into the batch)

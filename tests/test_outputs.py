@@ -87,7 +87,7 @@ def test_tables_round_to_four_significant_digits(tmp_path):
 
 
 def test_comparison_csv_carries_rounded_figures(tmp_path):
-    from cnncli.compare import COLUMNS, write_outputs
+    from cnncli.comparison import COLUMNS, write_outputs
 
     run = {"dataset": "digits", "variant": "optimizer=adam", "seed": 0, "parameters": 1234,
            "best_val_accuracy": 0.9791666666666666, "final_val_accuracy": 0.9722222222222222, "best_epoch": 3,

@@ -16,7 +16,7 @@ from pathlib import Path
 from cnncli import kernels, pretrained
 from cnncli.errors import CnnError
 from cnncli.models import depthwise
-from cnncli.models.layers import _window_pads
+from cnncli.models.ops import _window_pads
 from cnncli.pretrained.torchfile import MAGIC, PROTOCOL, load_state_dict
 from test_evaluate import cli
 

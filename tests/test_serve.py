@@ -192,7 +192,8 @@ def test_only_small_images_are_decoded_on_the_event_loop():
 
 
 def test_an_export_is_served_without_saliency(digits, tmp_path):
-    from cnncli.export import export, load_export
+    from cnncli.export import export
+    from cnncli.exported import load_export
 
     model = load_export(export(digits["run_dir"], "stablehlo", out=tmp_path / "m.stablehlo")["file"])
     with TestClient(create_app(model, info=model_info(model))) as c:

@@ -52,7 +52,6 @@ def bench(
     sizes = {"train": batch_size, "infer": infer_batch_size or batch_size}
 
     from .. import tuner
-
     from ..runtime import setup_jax
 
     setup_jax()  # the compilation cache (a re-measure with --tune loads its candidates from it)
@@ -78,17 +77,20 @@ def bench(
         ds = load_dataset(dataset, data_dir=data_dir, limit=batch_size * (steps + 3))
         rows[0].update(B.pipeline_share(setup, ds, batch_size, steps, rows[0]["images_per_s"]))
     startup = B.startup_seconds()
-    for r in rows:
-        if r["framework"] == "cnn":
-            r["startup_s"] = startup
-
     for r in rows:  # peers ran on the same host, in the same run
         r["cpu"] = cpu
+        if r["framework"] == "cnn":
+            r["startup_s"] = startup
     if json_out:
         for r in rows:
             out.emit_json(r)
     _print_table(out, arch, shape, repeats, steps, rows)
-    cnn_rows = [r for r in rows if r["framework"] == "cnn"]
+    _print_notes(out, cpu, peak, precision, flops, [r for r in rows if r["framework"] == "cnn"], dataset,
+                 kernels_line(tuner.used()), startup, notes)
+
+
+def _print_notes(out, cpu, peak, precision, flops, cnn_rows, dataset, kernels, startup, notes) -> None:
+    """The lines under the table: the machine, the FLOP count, compile times, the input pipeline."""
     out.print(f"cpu: {cpu['model']}, {cpu['cores']} cores, {cpu['isa']}")
     out.print(f"matmul peak {peak:.0f} GFLOP/s ({precision} 2048^3 jnp.dot, fp32 accumulation); "
               f"forward {flops / 1e6:.1f} MFLOP/image, "
@@ -100,7 +102,7 @@ def bench(
                   f"{100 * cnn_rows[0]['pipeline_share']:.0f}% of step time")
     elif "pipeline_note" in cnn_rows[0]:
         out.print(cnn_rows[0]["pipeline_note"])
-    out.print(kernels_line(tuner.used()))
+    out.print(kernels)
     out.print(f"`cnn --help` start-up: {startup:.2f} s")
     for note in notes:
         out.print(note)

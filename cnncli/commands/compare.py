@@ -20,7 +20,8 @@ FirstSeed = Annotated[int, config_option("seed", help="First seed (--repeats N t
 
 def _run_comparison(plan, json_out: bool) -> None:
     """Check the plan, train every run through the engine, print tables and conclusions."""
-    from ..compare import check_plan, print_result, run
+    from ..compare import check_plan, run
+    from ..comparison import print_result
     from ..console import Out
     from ..train.progress import Progress
 

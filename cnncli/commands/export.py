@@ -54,7 +54,7 @@ def serve(
     checkpoint: Checkpoint = "best",
 ):
     """Serve the model over HTTP: POST /predict, POST /explain, GET /health, GET /model, and a page at /."""
-    from ..export import load_model
+    from ..exported import load_model
     from ..serve import require, serve as serve_model
 
     require()

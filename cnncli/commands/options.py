@@ -121,7 +121,7 @@ ImageSize = Annotated[Optional[int], config_option("image_size", help="Square si
 Activation = Annotated[Optional[str], config_option("activation")]
 Dropout = Annotated[Optional[float], config_option("dropout")]
 Model = Annotated[Optional[Path], option("--model", help=MODEL_HELP, rule=Folder(), metavar="RUN_DIR")]
-# predict's --model: also an export, a file (or a SavedModel folder); `export.load_model` says what is wrong.
+# predict's --model: also an export, a file (or a SavedModel folder); `exported.load_model` says what is wrong.
 ModelOrExport = Annotated[Optional[Path], option("--model", metavar="RUN_DIR|EXPORT|imagenet", help=MODEL_HELP[:-1] + (
     ", an export from `cnn export` (.onnx, .stablehlo, .tflite, a SavedModel), or `imagenet`: EfficientNet-Lite0 "
     "with its ImageNet weights and 1,000 classes, no training (where no file or folder has that name)."))]

@@ -25,7 +25,7 @@ def predict(
     """Classify images with a trained run; a bad file gets one error line and the others still run."""
     from .. import calibrate
     from ..console import Out
-    from ..export import load_model
+    from ..exported import load_model
     from ..predict import collect_inputs, csv_text, describe, predict_files
 
     if json and csv:
@@ -76,7 +76,7 @@ def explain(
     """Saliency map: |d predicted-class logit / d pixel|, beside the image and as an overlay, in one PNG."""
     from ..console import Out
     from ..explain import explain as explain_image
-    from ..export import is_export
+    from ..exported import is_export
     from ..runs import latest_run, load_run
 
     o = Out(json=json)

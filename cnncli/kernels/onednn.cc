@@ -3,7 +3,7 @@
 // Layouts are the ones the JAX side already holds: NHWC activations, HWIO kernels; weights are
 // reordered into whatever blocked layout the chosen implementation wants (a few KB, each call).
 // Operands are fp32 or bf16; a convolution's forward and input gradient return the operands' type,
-// its weight gradient fp32 (bf16 products accumulate in fp32 inside oneDNN, as `layers._dot` does).
+// its weight gradient fp32 (bf16 products accumulate in fp32 inside oneDNN, as `models/ops._dot` does).
 //
 // Primitives are created once per shape and kept (creating one costs ~0.1-1 ms, JIT code included).
 // Their scratch memory is ours (`scratchpad_mode::user`), one buffer grown to the largest need: with

@@ -98,7 +98,7 @@ class Dense(nnx.Module):
 
 
 class Pool(nnx.Module):
-    """Max or average pooling through the shifted-slice kernels of `layers.py`."""
+    """Max or average pooling through the measured forms of `pooling.py`."""
 
     def __init__(self, op: str, window: int, stride: int, padding: str = "valid"):
         if op == "avg" and padding != "valid":

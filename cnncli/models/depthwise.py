@@ -4,7 +4,7 @@ XLA:CPU runs a grouped convolution with one channel per group as a generic loop:
 first depthwise layer of EfficientNet-Lite0 (112x112x32, 3x3) ran at ~0.25 GFLOP/s and the 16
 layers' forward + weight gradient took 44 s per batch of 64 (issue #44). The same sum written as
 k*k shifted slices times a per-channel weight row is one fused elementwise pass, which XLA
-vectorises over the channels. Both are candidates of the tuner (`layers._pick`), per direction,
+vectorises over the channels. Both are candidates of the tuner (`models/ops._pick`), per direction,
 shape and dtype; under `tuner.plain()` (export, FLOP counts) the layer is XLA's grouped op.
 
 The kernel is HWIO with I = 1 (k, k, 1, C), the layout `lax.conv_general_dilated` takes with
@@ -20,7 +20,8 @@ import jax.numpy as jnp
 from jax import lax
 
 from .. import kernels, tuner
-from .layers import _NHWC, F32, _onednn_has, _out_hw, _pick, _taps, _window_pads
+from .conv import _onednn_has
+from .ops import _NHWC, F32, _out_hw, _pick, _taps, _window_pads
 
 
 def _fwd_xla(x, kernel, strides, pads):

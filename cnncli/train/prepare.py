@@ -65,18 +65,7 @@ def prepare(cfg: TrainConfig, progress, resume: Path | None = None) -> Setup:
     fresh = resume is None or not rundir.checkpoint_file(resume, "last").is_file()
     seed = seed_value(cfg.seed)  # config.json keeps the seed as typed
     ds = _dataset(cfg, seed, progress)
-    c = ds.shape[-1]
-    mean, std = (ds.mean, ds.std) if cfg.normalize == "standard" else ((0.0,) * c, (1.0,) * c)
-    if cfg.pretrained:  # the weights learnt on inputs normalised their way
-        mean, std = pretrained_normalization(cfg.arch, cfg.pretrained, c)
-    from ..models import create_model, get_arch
-
-    model = create_model(cfg.arch, ds.shape, len(ds.classes), activation=cfg.activation, dropout=cfg.dropout, seed=seed)
-    binary = get_arch(cfg.arch).binary_head and len(ds.classes) == 2
-    if fresh:  # a resumed run has them in its checkpoint (2 s saved for airbench94)
-        _init_from_data(model, ds.train.x, mean, std, seed)
-        if cfg.pretrained:
-            progress.note(load_pretrained(model, cfg.arch, cfg.pretrained, cfg.weights, len(ds.classes)))
+    model, binary, mean, std = _model(cfg, ds, seed, fresh, progress)
     first_trained = first_trained_layer(model, cfg.freeze)
     cached = prefix.cacheable(cfg, first_trained)
     if cached:  # the frozen layers run once per image and view, not once per epoch (train/prefix.py)
@@ -96,13 +85,8 @@ def prepare(cfg: TrainConfig, progress, resume: Path | None = None) -> Setup:
     feeder = Feeder(mesh, ds.train.x, ds.train.y)
 
     timing = (gtrain, params, rest, binary, mean, std, bs, ds.shape, len(ds.classes))
-    if cfg.precision == "auto" and cached:  # its steps take features: _synthetic's images would not fit
-        cfg = dataclasses.replace(cfg, precision="fp32")
-        progress.note("precision: fp32 (above a cached frozen prefix, not measured)")
-    elif cfg.precision == "auto":
-        precision, why = _auto_precision(cfg, *timing)
-        cfg = dataclasses.replace(cfg, precision=precision)
-        progress.note(f"precision: {cfg.precision} ({why})")
+    if cfg.precision == "auto":
+        cfg = dataclasses.replace(cfg, precision=_auto_precision(cfg, cached, timing, progress))
     use_kernels = cached or _kernels_choice(cfg, *timing)
 
     def build(cfg):
@@ -131,6 +115,24 @@ def prepare(cfg: TrainConfig, progress, resume: Path | None = None) -> Setup:
                                tta_shift=cfg.tta_shift, tta_scales=scale_list(cfg.tta_scales), features=cached)
     return Setup(cfg, ds, model, binary, mean, std, seed, mesh, bs, steps_per_epoch, feeder, state, train_step,
                  eval_step, budget_seconds)
+
+
+def _model(cfg: TrainConfig, ds, seed: int, fresh: bool, progress):
+    """(model, binary head?, mean, std): the registry's network, its weights set for a fresh run (from
+    the data, then the pretrained file), and the normalisation its inputs get."""
+    from ..models import create_model, get_arch
+
+    c = ds.shape[-1]
+    mean, std = (ds.mean, ds.std) if cfg.normalize == "standard" else ((0.0,) * c, (1.0,) * c)
+    if cfg.pretrained:  # the weights learnt on inputs normalised their way
+        mean, std = pretrained_normalization(cfg.arch, cfg.pretrained, c)
+    model = create_model(cfg.arch, ds.shape, len(ds.classes), activation=cfg.activation, dropout=cfg.dropout, seed=seed)
+    binary = get_arch(cfg.arch).binary_head and len(ds.classes) == 2
+    if fresh:  # a resumed run has them in its checkpoint (2 s saved for airbench94)
+        _init_from_data(model, ds.train.x, mean, std, seed)
+        if cfg.pretrained:
+            progress.note(load_pretrained(model, cfg.arch, cfg.pretrained, cfg.weights, len(ds.classes)))
+    return model, binary, mean, std
 
 
 def _dataset(cfg: TrainConfig, seed: int, progress):
@@ -173,18 +175,24 @@ def _init_from_data(model, x_train, mean, std, seed: int) -> None:
             layer.init_from_data(x)
 
 
-def _auto_precision(cfg, gtrain, params, rest, binary, mean, std, bs, shape, num_classes) -> tuple[str, str]:
+def _auto_precision(cfg, cached: bool, timing: tuple, progress) -> str:
     """`--precision auto`: bf16 where the CPU has bf16 arithmetic and this train step, timed here in
     both precisions on a synthetic batch (once per host, model, input and batch; the tuner's cache),
     is faster in it."""
     from ..precision import NAMES, resolve
 
+    if cached:  # its steps take features: _synthetic's images would not fit
+        progress.note("precision: fp32 (above a cached frozen prefix, not measured)")
+        return "fp32"
+    gtrain, params, rest, binary, mean, std, bs, shape, num_classes = timing
     tx, inputs = _synthetic(cfg, params, rest, bs, shape, num_classes)
     augment_ops = tuple(augment_list(cfg.augment))
     steps = {p: make_train_step(gtrain, tx, binary=binary, mean=mean, std=std, augment_ops=augment_ops,
                                 precision=p, seed=seed_value(cfg.seed), jit=False) for p in NAMES}
     key = (cfg.arch, tuple(shape), bs, num_classes, augment_ops)
-    return resolve("auto", key, steps, inputs)
+    precision, why = resolve("auto", key, steps, inputs)
+    progress.note(f"precision: {precision} ({why})")
+    return precision
 
 
 def _kernels_choice(cfg, gtrain, params, rest, binary, mean, std, bs, shape, num_classes) -> bool:
