@@ -51,8 +51,7 @@ def resolve(requested: str, key: tuple, candidates: dict, make_inputs, cpuinfo: 
     if feature is None:
         return "fp32", "auto: this CPU reports no bf16 arithmetic (AMX or AVX512_BF16)"
     choice = tuner.choose("precision", key, {"fp32": candidates["fp32"], "bf16": candidates["bf16"]}, make_inputs)
-    record = tuner.choices().get("precision" + repr(key), {})
-    ms = record.get("ms", {})
+    ms = tuner.record("precision", key).get("ms", {})
     if len(ms) == 2:
         ratio = ms["fp32"] / ms["bf16"] if ms.get("bf16") else 0
         return choice, f"auto: {feature}, measured step bf16 {ratio:.2f}x the speed of fp32"

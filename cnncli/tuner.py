@@ -248,7 +248,7 @@ def choose(op: str, key: tuple, candidates: dict, make_inputs) -> str:
     names = list(candidates)
     if is_plain() or len(names) == 1 or not _enabled():
         return names[0]
-    k = op + repr(key)
+    k = _key(op, key)
     table = _load()
     known = table.get(k)
     if known and (not _retune or k in _fresh):
@@ -317,6 +317,17 @@ def _warn_if_busy(load: float | None) -> None:
 def choices() -> dict:
     """This host's cached table (op key -> record)."""
     return dict(_load())
+
+
+def _key(op: str, key: tuple) -> str:
+    """The table's key of an op's shapes and settings."""
+    return op + repr(key)
+
+
+def record(op: str, key: tuple) -> dict:
+    """The cached record of `choose(op, key, ...)` on this host ({} before it was measured): its
+    choice and the milliseconds each candidate took."""
+    return dict(_load().get(_key(op, key), {}))
 
 
 def reset() -> None:

@@ -227,7 +227,7 @@ def test_the_whole_step_decides_whether_the_kernels_run(monkeypatch, fresh_cache
     try:
         setup = bench._Setup("net2", (8, 8, 1), 10)
         step = setup.train_step(16)
-        record = tuner.choices()["kernels_step" + repr(("net2", (8, 8, 1), 16, 10, (), "fp32"))]
+        record = tuner.record("kernels_step", ("net2", (8, 8, 1), 16, 10, (), "fp32"))
         assert set(record["ms"]) == {"with", "without"} and record["choice"] in ("with", "without")
         offered = []
         real = kernels.fast

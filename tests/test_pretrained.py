@@ -141,19 +141,26 @@ def test_depthwise_forms_match_the_grouped_convolution(n, side, c, k, s, form):
     np.testing.assert_allclose(vjp2(dy)[1], dw, atol=1e-3, rtol=1e-4)
 
 
-def test_fine_tuning_above_a_cached_frozen_prefix(data_dir, tmp_path):
+@pytest.fixture(scope="module")
+def finetuned(data_dir, tmp_path_factory):
+    """A pretrained run trained above a cached frozen prefix: (its summary, what it printed)."""
+    _weights_file()
+    out = tmp_path_factory.mktemp("finetuned")
+    r = cli("train", "--arch", "efficientnet_lite0", "--pretrained", "imagenet", "--dataset", "cats_vs_dogs",
+            "--limit", "96", "--image-size", "64", "--epochs", "2", "--freeze", "13", "--augment", "flip",
+            "--tta-flip", "--fit", "crop", "--val-split", "0.25", "--out", out, "--json")
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout.strip().splitlines()[-1]), r.stderr
+
+
+def test_fine_tuning_above_a_cached_frozen_prefix(finetuned):
     """--pretrained with --freeze N: layers 0..N-1 run once per image and view; the run's checkpoint is the
     whole network, and the full network on the test images scores exactly what training reported."""
     from cnncli.evaluate import evaluate
     from cnncli.runs import load_run
 
-    _weights_file()
-    r = cli("train", "--arch", "efficientnet_lite0", "--pretrained", "imagenet", "--dataset", "cats_vs_dogs",
-            "--limit", "96", "--image-size", "64", "--epochs", "2", "--freeze", "13", "--augment", "flip",
-            "--tta-flip", "--val-split", "0.25", "--out", tmp_path, "--json")
-    assert r.returncode == 0, r.stderr
-    summary = json.loads(r.stdout.strip().splitlines()[-1])
-    assert "outputs computed once" in r.stderr and "a new head for 2 classes" in r.stderr
+    summary, stderr = finetuned
+    assert "outputs computed once" in stderr and "a new head for 2 classes" in stderr
     cfg = json.loads((Path(summary["run_dir"]) / "config.json").read_text())
     assert cfg["pretrained"] == "imagenet" and cfg["data"]["mean"] == list(SPEC.mean)
     run = load_run(summary["run_dir"])
@@ -164,6 +171,36 @@ def test_fine_tuning_above_a_cached_frozen_prefix(data_dir, tmp_path):
     assert run.model.layers[-1].weight.shape == (2, 1280)
     report = evaluate(summary["run_dir"])
     assert report.accuracy == pytest.approx(summary["test_accuracy"], abs=1e-9) and report.n > 10
+
+
+def test_every_reader_takes_a_pretrained_run(finetuned, data_dir, tmp_path):
+    """What a user does with any run works on a fine-tuned EfficientNet (depthwise layers, a centre-cropped
+    input): each export format answers as the run (`export` checks it in its own runtime), explain draws
+    its saliency, --reframe scores it, predict reads a photo through the export as through the run."""
+    from cnncli.formats import FORMATS
+
+    run_dir = finetuned[0]["run_dir"]
+    photo = next((data_dir / "cats_vs_dogs").rglob("*.jpg"))
+    for fmt in FORMATS:
+        r = cli("export", run_dir, "--format", fmt, "--out", tmp_path / f"m{FORMATS[fmt].suffix}", "--json")
+        assert r.returncode == 0, f"{fmt}: {r.stderr}"
+        assert json.loads(r.stdout)["max_abs_diff"] <= 1e-4
+        meta = json.loads(Path(str(tmp_path / f"m{FORMATS[fmt].suffix}") + ".json").read_text()) \
+            if not FORMATS[fmt].inline_meta else None
+        assert meta is None or meta["input"]["fit"] == "crop"
+    want = cli("predict", photo, "--model", run_dir, "--json")
+    got = cli("predict", photo, "--model", tmp_path / "m.onnx", "--json")
+    assert want.returncode == got.returncode == 0, got.stderr
+    [a], [b] = json.loads(want.stdout), json.loads(got.stdout)
+    assert a["class"] == b["class"] and b["probability"] == pytest.approx(a["probability"], abs=1e-4)
+    r = cli("explain", photo, "--model", run_dir, "--out", tmp_path / "saliency.png")
+    assert r.returncode == 0 and (tmp_path / "saliency.png").stat().st_size > 1000, r.stderr
+    r = cli("evaluate", run_dir, "--reframe", "--json")
+    assert r.returncode == 0, r.stderr
+    from cnncli.reframe import KINDS
+
+    rows = json.loads(r.stdout)["rows"]
+    assert [x["kind"] for x in rows] == list(KINDS) and rows[0]["accuracy"] == pytest.approx(finetuned[0]["test_accuracy"], abs=1e-9)
 
 
 def test_pretrained_options_are_checked():

@@ -358,7 +358,12 @@ def test_time_budget_picks_the_epochs_that_fit(monkeypatch):
     epochs, spent, note = budget(2, 10)
     assert (epochs, spent) == (3, 31.0) and "~20 s per epoch here, so 3 epoch(s)" in note
     epochs, _, note = budget(2, 2)
-    assert epochs == 2 and "fits 3, capped by --epochs" in note
+    assert epochs == 2 and "fits 3, capped by --epochs" in note and "recipe" not in note
+    # A recipe's run that fits fewer epochs than the recipe plans says so before it trains.
+    clock[0], calls[0] = 0.0, 0
+    cfg = resolve(dict(recipe="mnist-best", time_budget=2, epochs=10))
+    note = planner.epochs_within_budget(cfg, step, {}, feeder, 10, 20)[2]
+    assert "so 3 epoch(s); fewer than the 10 recipe mnist-best plans" in note
     with pytest.raises(CnnError, match="does not fit one epoch here"):
         budget(1, 10)
 

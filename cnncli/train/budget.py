@@ -54,4 +54,7 @@ def epochs_within_budget(cfg: TrainConfig, train_step, state, feeder, bs: int, s
     epochs = min(fit_epochs, cfg.epochs)
     note = (f"time budget {cfg.time_budget:g} min: ~{per_epoch:.0f} s per epoch here, so {epochs} epoch(s)"
             + (f" (fits {fit_epochs}, capped by --epochs)" if fit_epochs > cfg.epochs else ""))
+    if epochs < cfg.epochs and cfg.recipe:  # its figure was measured with all of them: say so before training
+        note += (f"; fewer than the {cfg.epochs} recipe {cfg.recipe} plans, so expect less than its "
+                 f"measured accuracy (`cnn recipes`), or pass --time-budget 0 to train them all")
     return epochs, spent, note
