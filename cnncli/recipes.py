@@ -36,15 +36,19 @@ RECIPES: dict[str, dict] = {
                      "scored once per seed",
     },
     "mnist-best": {
-        # 10 epochs take 12.6 min at ~200 GFLOP/s (~800 img/s); 7 took 9 min and ended at 99.60%, the
-        # goal's edge. README's results table has the 7- and 4-epoch runs.
-        "description": "small residual net, shift/rotate augmentation; aims at >= 99.6% MNIST test in 15 min",
-        "options": dict(arch="resnet_cifar", dataset="mnist", epochs=10, time_budget=15.0, batch_size=64,
+        # Chosen on 6,000 validation images (docs/experiments.md, "Recipes chosen on validation"): batch
+        # 128 against the old 64 (99.62% against 99.57%); at 128 the budget fits 7-10 of the 10 epochs on
+        # the 2-core AVX2 EPYC (~80-100 s each), at 64 only 7 (~115 s).
+        "description": ("small residual net, shift/rotate augmentation, batch 128; calibrated on 6,000 validation "
+                        "images; aims at >= 99.6% MNIST test in 15 min"),
+        "options": dict(arch="resnet_cifar", dataset="mnist", epochs=10, time_budget=15.0, batch_size=128,
                         optimizer="adamw", lr=3e-3, weight_decay=5e-4, schedule="onecycle", augment="shift,rotate", label_smoothing=0.1,
-                        val_split=0.0, normalize="standard"),
-        "expected": "99.66% test (mean of seeds 0-1: 99.64%, 99.67%) in 12.6 min (matmul peak ~200 GFLOP/s)",
-        "machine": _EPYC_1129,
-        "chosen_on": _ON_TEST,
+                        val_split=0.1, normalize="standard"),
+        "expected": ("99.59% test (mean of seeds 0-1: 99.52% in 10 epochs, 17.2 min; 99.65% in 7, 12.8 min: the "
+                     "budget's timing planned 10 and 7)"),
+        "machine": "2-core AMD EPYC VM (`lscpu` AMD EPYC: AVX2+FMA, no AVX-512; load 1.9; 2026-12-07, commit ee5da1c)",
+        "chosen_on": "validation split: 2 variants compared on 6,000 validation images (val_split 0.1); test "
+                     "scored once per seed",
     },
     "mnist-net1": {
         # Seed 001's network and protocol as the seed fixed them (net1, Adam at its Keras default 1e-3,

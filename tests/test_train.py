@@ -368,6 +368,26 @@ def test_time_budget_picks_the_epochs_that_fit(monkeypatch):
         budget(1, 10)
 
 
+def test_time_budget_holds_when_epochs_run_slower_than_planned(tmp_path, monkeypatch):
+    """The budget planned 4 epochs, but they take longer than timed: the run stops when another epoch
+    would overrun the budget, tests its best epoch, and its checkpoint says it is finished."""
+    from cnncli.train import prepare as P
+
+    monkeypatch.setattr(P, "epochs_within_budget", lambda cfg, *a: (4, 0.0, "planned 4 epochs"))
+    notes = []
+    progress = quiet()
+    progress.note = notes.append
+    budget = 1e-4  # minutes: any real epoch overruns it
+    s = fit(resolve(dict(arch="net2", dataset="digits", epochs=6, time_budget=budget, batch_size=32,
+                         out=str(tmp_path), seed=0)), progress)
+    assert s["epochs"] == 1 and s["stopped_early"] and s["test_accuracy"] is not None
+    assert any("stopping after epoch 1 of 4" in n for n in notes), notes
+    meta, _ = checkpoint.load(Path(s["run_dir"]) / "checkpoints" / "last.msgpack")
+    assert meta["loop"]["out_of_time"] is True
+    r = cli("train", "--resume", s["run_dir"])
+    assert_one_line_error(r, "already finished (its time budget ended it after epoch 1)")
+
+
 def test_time_budget_from_the_command_line(tmp_path):
     r = cli("train", "--arch", "net2", "--dataset", "digits", "--epochs", "2", "--batch-size", "16",
             "--time-budget", "2", "--out", str(tmp_path))

@@ -24,6 +24,7 @@ class Loop:
     bad_epochs: int = 0  # early stopping: epochs since the best
     partial: list = field(default_factory=lambda: [0.0, 0.0, 0.0])  # metric sums of an interrupted epoch
     train_seconds: float = 0.0
+    out_of_time: bool = False  # --time-budget ended the run before its planned epochs
 
 
 def loop_from(meta: dict, path: Path) -> Loop:
@@ -57,6 +58,8 @@ def _loop_problem(rec) -> str | None:
         return f"best_value is not a number: {rec['best_value']!r}"
     if "train_seconds" in rec and not (_number(rec["train_seconds"]) and rec["train_seconds"] >= 0):
         return f"train_seconds is not a duration: {rec['train_seconds']!r}"
+    if not isinstance(rec.get("out_of_time", False), bool):
+        return f"out_of_time is not true or false: {rec['out_of_time']!r}"
     partial = rec.get("partial", [0.0, 0.0, 0.0])
     if not (isinstance(partial, list) and len(partial) == 3 and all(_number(v) for v in partial)):
         return f"partial is not 3 numbers: {partial!r}"

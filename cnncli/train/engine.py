@@ -80,8 +80,12 @@ def _open_run(s: Setup, resume: Path | None, lock, progress, writer):
                 meta, arrays = checkpoint.load(last)
                 state = checkpoint.unflatten_into(state, arrays, str(last))
                 loop = loop_from(meta, last)
+                if loop.out_of_time and cfg.epochs != rundir.read_config(run_dir)["epochs"]:
+                    loop.out_of_time = False  # `--epochs N`: the run is asked for its epochs again
                 if trained(cfg, loop) and (run_dir / "metrics.json").is_file():
-                    raise CnnError(f"{run_dir} already finished its {cfg.epochs} epochs; pass --epochs N to train longer")
+                    done = f"its time budget ended it after epoch {loop.epoch}" if loop.out_of_time else \
+                        f"its {cfg.epochs} epochs"
+                    raise CnnError(f"{run_dir} already finished ({done}); pass --epochs N to train longer")
                 _derive_best(run_dir, loop, progress)
             else:  # killed before its first epoch was saved
                 progress.note(f"{run_dir} has no checkpoint yet: training it from the start")

@@ -78,6 +78,10 @@ def run_epochs(s: Setup, run_dir: Path, loop: Loop, state, writer: bool, progres
             if time.monotonic() - last_plot > 30:  # a plot costs ~0.5 s: refresh it twice a minute at most
                 out.plot(loop)
                 last_plot = time.monotonic()
+            if loop.out_of_time:
+                progress.note(f"time budget {cfg.time_budget:g} min: {loop.train_seconds / 60:.1f} min trained and "
+                              f"an epoch takes ~{row['seconds']:.0f} s here, more than timed at the start; stopping "
+                              f"after epoch {loop.epoch} of {cfg.epochs}, testing epoch {loop.best_epoch}")
             if cfg.early_stopping and loop.bad_epochs >= cfg.early_stopping:
                 progress.note(f"early stopping: no better {cfg.monitor} for {cfg.early_stopping} epochs; "
                               f"restoring epoch {loop.best_epoch}")
@@ -139,6 +143,9 @@ def _end_epoch(s: Setup, loop: Loop, state, sums, before, t0: float, lr_at, out:
     }
     loop.history.append(row)
     loop.epoch, loop.step_in_epoch, loop.partial = epoch, 0, [0.0, 0.0, 0.0]
+    # The budget holds when epochs run slower than timed at the start: stop when another would overrun it.
+    loop.out_of_time = bool(s.budget_minutes) and loop.epoch < cfg.epochs and \
+        loop.train_seconds + seconds > s.budget_minutes * 60
     improved = _improved(cfg.monitor, row, loop.best_value)
     if improved:
         loop.best_epoch, loop.best_value, loop.bad_epochs = epoch, row[cfg.monitor], 0
@@ -154,8 +161,9 @@ def _end_epoch(s: Setup, loop: Loop, state, sums, before, t0: float, lr_at, out:
 
 
 def trained(cfg, loop: Loop) -> bool:
-    """Whether the epochs are done: all of them, or early stopping ended the run."""
-    return loop.epoch >= cfg.epochs or bool(cfg.early_stopping and loop.bad_epochs >= cfg.early_stopping)
+    """Whether the epochs are done: all of them, or early stopping or the time budget ended the run."""
+    return (loop.epoch >= cfg.epochs or loop.out_of_time
+            or bool(cfg.early_stopping and loop.bad_epochs >= cfg.early_stopping))
 
 
 def _schedule_curve(lr_at, epochs: int, steps_per_epoch: int, points: int = 400):

@@ -53,6 +53,7 @@ class Setup:
     train_step: object
     eval_step: object
     budget_seconds: float  # spent timing the step for --time-budget: part of training's time
+    budget_minutes: float  # the --time-budget the epochs were planned for here (0: none, or a resumed run)
 
     @property
     def replicated(self):
@@ -114,7 +115,7 @@ def prepare(cfg: TrainConfig, progress, resume: Path | None = None) -> Setup:
     eval_step = make_eval_step(geval, binary=binary, mean=mean, std=std, tta_flip=cfg.tta_flip,
                                tta_shift=cfg.tta_shift, tta_scales=scale_list(cfg.tta_scales), features=cached)
     return Setup(cfg, ds, model, binary, mean, std, seed, mesh, bs, steps_per_epoch, feeder, state, train_step,
-                 eval_step, budget_seconds)
+                 eval_step, budget_seconds, cfg.time_budget if resume is None else 0.0)
 
 
 def _model(cfg: TrainConfig, ds, seed: int, fresh: bool, progress):
