@@ -36,7 +36,7 @@ if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
     signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")  # a path only: module fixtures that train on real data take it too
 def data_dir() -> Path:
     """The real data sets folder ($CNN_DATA_DIR); skips the test when it is not there."""
     path = Path(os.environ.get("CNN_DATA_DIR", SHARED_DATA))

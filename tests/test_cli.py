@@ -185,7 +185,7 @@ def test_typed_options_override_a_recipe_and_defaults_do_not(run_cnn):
         return json.loads(out)
 
     recipe = printed("--recipe", "mnist-fast")
-    assert (recipe["epochs"], recipe["batch_size"], recipe["recipe"]) == (1, 32, "mnist-fast")  # not the defaults
+    assert (recipe["epochs"], recipe["batch_size"], recipe["recipe"]) == (1, 64, "mnist-fast")  # not the defaults
     typed = printed("--recipe", "mnist-fast", "--epochs", "10", "--batch-size", "128")  # typed, though defaults
     assert (typed["epochs"], typed["batch_size"], typed["lr"]) == (10, 128, recipe["lr"])
     assert printed("--arch", "airbench94", "--dataset", "cifar10")["optimizer"] == "sgd"  # the arch's default

@@ -177,6 +177,7 @@ def test_every_reader_takes_a_pretrained_run(finetuned, data_dir, tmp_path):
     """What a user does with any run works on a fine-tuned EfficientNet (depthwise layers, a centre-cropped
     input): each export format answers as the run (`export` checks it in its own runtime), explain draws
     its saliency, --reframe scores it, predict reads a photo through the export as through the run."""
+    from cnncli.exported import load_export
     from cnncli.formats import FORMATS
 
     run_dir = finetuned[0]["run_dir"]
@@ -185,9 +186,7 @@ def test_every_reader_takes_a_pretrained_run(finetuned, data_dir, tmp_path):
         r = cli("export", run_dir, "--format", fmt, "--out", tmp_path / f"m{FORMATS[fmt].suffix}", "--json")
         assert r.returncode == 0, f"{fmt}: {r.stderr}"
         assert json.loads(r.stdout)["max_abs_diff"] <= 1e-4
-        meta = json.loads(Path(str(tmp_path / f"m{FORMATS[fmt].suffix}") + ".json").read_text()) \
-            if not FORMATS[fmt].inline_meta else None
-        assert meta is None or meta["input"]["fit"] == "crop"
+        assert load_export(tmp_path / f"m{FORMATS[fmt].suffix}").meta["input"]["fit"] == "crop"
     want = cli("predict", photo, "--model", run_dir, "--json")
     got = cli("predict", photo, "--model", tmp_path / "m.onnx", "--json")
     assert want.returncode == got.returncode == 0, got.stderr
