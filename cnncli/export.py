@@ -34,7 +34,7 @@ import numpy as np
 from .checks import EXPORT_PRECISIONS, choice
 from .errors import CnnError
 from .formats import FORMATS
-from .exported import (EXTRA_HINT, FORMAT_VERSION, INPUT, META_KEY, OUTPUT, _tensorflow, load_export, meta_path,
+from .exported import (EXTRA_HINT, FORMAT_VERSION, INPUT, META_KEY, OUTPUT, tensorflow_module, load_export, meta_path,
                        quiet_stderr)
 from .fsutil import atomic_path, write_json
 
@@ -194,7 +194,7 @@ def _stablehlo(fn, spec, path: Path, meta: dict) -> None:
 
 def _tf_function(fn, spec):
     """A tf.function of `fn` through jax2tf, the batch left dynamic, its output named."""
-    tf = _tensorflow()
+    tf = tensorflow_module()
     from jax.experimental import jax2tf
 
     h, w, c = spec.shape[1:]
@@ -204,7 +204,7 @@ def _tf_function(fn, spec):
 
 
 def _save_tf(fn, spec, directory: Path) -> None:
-    tf = _tensorflow()
+    tf = tensorflow_module()
     from .models.layers import reference_ops
 
     module = tf.Module()
@@ -219,7 +219,7 @@ def _savedmodel(fn, spec, path: Path, meta: dict) -> None:
 
 
 def _tflite(fn, spec, path: Path, meta: dict) -> None:
-    tf = _tensorflow()
+    tf = tensorflow_module()
     from .fsutil import write_bytes
 
     with tempfile.TemporaryDirectory() as d:

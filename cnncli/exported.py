@@ -159,7 +159,7 @@ def _padded(call, x: np.ndarray, sizes=(1, 8, 32, 128, 256)):
 
 
 def _load_savedmodel(path: Path):
-    tf = _tensorflow()
+    tf = tensorflow_module()
     with quiet_stderr():
         fn = tf.saved_model.load(str(path)).signatures["serving_default"]
     return _sidecar(path), lambda x: fn(**{INPUT: tf.constant(x)})[OUTPUT].numpy()
@@ -187,14 +187,14 @@ def _tflite_interpreter(path: Path):
     except ImportError:
         import warnings
 
-        _tensorflow()
+        tensorflow_module()
         from tensorflow.lite.python.interpreter import Interpreter
 
         warnings.filterwarnings("ignore", message=".*tf.lite.Interpreter is deprecated.*")
     return Interpreter(model_path=str(path))
 
 
-def _tensorflow():
+def tensorflow_module():
     """TensorFlow, imported with the user's own XLA_FLAGS: it aborts on the ones `runtime.tune_xla` adds
     for JAX (which read them at its start, so changing them now leaves JAX as it is)."""
     from .runtime import user_xla_flags

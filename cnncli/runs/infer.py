@@ -13,6 +13,8 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
+from ..precision import compute_dtype
+
 EVAL_CHUNKS = (64, 128, 256)  # slice sizes of an inference batch to measure (`_eval_chunk`)
 
 
@@ -47,12 +49,6 @@ def probabilities(logits, binary: bool):
         p = jax.nn.sigmoid(jax.lax.index_in_dim(logits, 0, 1, keepdims=False))
         return jnp.stack([1.0 - p, p], axis=-1)
     return jax.nn.softmax(logits, -1)
-
-
-def compute_dtype_of(precision: str):
-    from ..precision import compute_dtype
-
-    return compute_dtype(precision)
 
 
 def to_compute(params, dtype):
@@ -144,7 +140,7 @@ def make_eval_step(geval, *, binary, mean, std, tta_flip=False, tta_shift=0, tta
     """eval(params, rest, x_uint8, y, weight) -> (loss_sum, correct, probs). Padding rows have weight 0.
     In bf16 the layers compute as in training's mixed precision; probabilities and losses are fp32.
     `features=True`: x is a frozen prefix's outputs (N, views, ...), the mirror's view the flipped one."""
-    dtype = compute_dtype_of(precision)
+    dtype = compute_dtype(precision)
 
     def chunk_fn(params, rest, x, y):
         model = nnx.merge(geval, to_compute(params, dtype), rest, copy=True)

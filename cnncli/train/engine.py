@@ -66,21 +66,17 @@ def _open_run(s: Setup, resume: Path | None, lock, progress, writer):
     start if it has none). A process that does not write gets no directory of a new run."""
     cfg, state = s.cfg, s.state
     if not writer:
-        last = None if resume is None else rundir.checkpoint_file(resume, "last")
-        if last is None or not last.is_file():
-            return resume, None, Loop(), state
-        meta, arrays = checkpoint.load(last)
-        return resume, None, loop_from(meta, last), checkpoint.unflatten_into(state, arrays, str(last))
+        saved = None if resume is None else _saved(resume, state)
+        return (resume, None, Loop(), state) if saved is None else (resume, None, *saved)
     try:
         loop = Loop()
         if resume is not None:
             run_dir = Path(resume)
-            last = rundir.checkpoint_file(run_dir, "last")
-            if last.is_file():
-                meta, arrays = checkpoint.load(last)
-                state = checkpoint.unflatten_into(state, arrays, str(last))
-                loop = loop_from(meta, last)
-                if loop.out_of_time and cfg.epochs != rundir.read_config(run_dir)["epochs"]:
+            record = rundir.read_config(run_dir)
+            saved = _saved(run_dir, state)
+            if saved is not None:
+                loop, state = saved
+                if loop.out_of_time and cfg.epochs != record["epochs"]:
                     loop.out_of_time = False  # `--epochs N`: the run is asked for its epochs again
                 if trained(cfg, loop) and (run_dir / "metrics.json").is_file():
                     done = f"its time budget ended it after epoch {loop.epoch}" if loop.out_of_time else \
@@ -89,7 +85,6 @@ def _open_run(s: Setup, resume: Path | None, lock, progress, writer):
                 _derive_best(run_dir, loop, progress)
             else:  # killed before its first epoch was saved
                 progress.note(f"{run_dir} has no checkpoint yet: training it from the start")
-            record = rundir.read_config(run_dir)
             if record["epochs"] != cfg.epochs:  # `--resume DIR --epochs N` extends the run
                 _retire_metrics(run_dir, record["epochs"])
                 write_json(run_dir / "config.json", record | {"epochs": cfg.epochs})
@@ -108,6 +103,15 @@ def _open_run(s: Setup, resume: Path | None, lock, progress, writer):
         if lock is not None and resume is None:
             lock.release()
         raise
+
+
+def _saved(run_dir: Path, state):
+    """(loop, state) of a run's last checkpoint, its arrays put into `state`'s structure; None without one."""
+    last = rundir.checkpoint_file(run_dir, "last")
+    if not last.is_file():
+        return None
+    meta, arrays = checkpoint.load(last)
+    return loop_from(meta, last), checkpoint.unflatten_into(state, arrays, str(last))
 
 
 def _retire_metrics(run_dir: Path, epochs: int) -> None:

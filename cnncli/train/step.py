@@ -14,7 +14,8 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from ..runs.infer import compute_dtype_of, normalize, per_example_loss, to_compute, to_unit
+from ..precision import compute_dtype
+from ..runs.infer import normalize, per_example_loss, to_compute, to_unit
 from .augment import alternating_flip, augment
 
 
@@ -67,21 +68,21 @@ def make_train_step(gtrain, tx, *, binary, mean, std, augment_ops=(), smoothing=
     """
     base_key = jax.random.key(seed + 7919)
     flip_key = jax.random.key(seed + 104729)  # the same for every step: which half starts mirrored
-    compute_dtype = compute_dtype_of(precision)
+    dtype = compute_dtype(precision)
 
     def step_fn(state: TrainState, metrics, x, y, idx, step):
         if features:
-            x = feature_view(jax.random.fold_in(base_key, step), x, "flip" in augment_ops).astype(compute_dtype)
+            x = feature_view(jax.random.fold_in(base_key, step), x, "flip" in augment_ops).astype(dtype)
         else:
             x = to_unit(x)
             if augment_ops:
                 x = augment(jax.random.fold_in(base_key, step), x, augment_ops)
             if "altflip" in augment_ops:
                 x = alternating_flip(flip_key, x, idx, step // steps_per_epoch)
-            x = normalize(x, mean, std).astype(compute_dtype)
+            x = normalize(x, mean, std).astype(dtype)
 
         def loss_fn(params, rest):
-            params = to_compute(params, compute_dtype)  # mixed precision: fp32 master weights
+            params = to_compute(params, dtype)  # mixed precision: fp32 master weights
             model = nnx.merge(gtrain, params, rest, copy=True)
             losses, pred = per_example_loss(model(x), y, binary, smoothing)
             _, _, new_rest = nnx.split(model, nnx.Param, ...)
