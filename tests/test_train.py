@@ -238,6 +238,27 @@ def test_airbench_options_from_the_command_line(tmp_path):
         assert_one_line_error(cli("train", *bad, "--out", str(tmp_path)), message)
 
 
+def test_a_new_machine_times_the_step_with_the_runs_own_optimizer(tmp_path, monkeypatch):
+    """With the tuner on and nothing cached, the step is timed before training (oneDNN or not, and
+    --precision auto) with the run's optimizer: airbench94's --bn-bias-lr masks the BatchNorm shifts,
+    and the timing optimizer once lacked that mask (a traceback on every new machine)."""
+    from cnncli import kernels, tuner
+    from cnncli.runs import read_config
+
+    monkeypatch.setenv("CNN_TUNE", "1")
+    monkeypatch.setenv("CNN_CACHE_DIR", str(tmp_path / "cache"))
+    tuner.reset()
+    try:
+        s = train(tmp_path, epochs=1, arch="net2", dataset="digits", bn_bias_lr=64.0,
+                  lookahead=True, weight_decay=5e-4, decay_biases=True, precision="auto", limit=256)
+        assert np.isfinite(read_history(s["run_dir"])[-1]["train_loss"])
+        if kernels.available():  # the step was timed both ways, not read from a cache
+            key = ("net2", (8, 8, 1), 32, 10, (), read_config(s["run_dir"])["precision"])
+            assert set(tuner.record("kernels_step", key)["ms"]) == {"with", "without"}
+    finally:
+        tuner.reset()
+
+
 def test_resume_takes_data_derived_layers_from_the_checkpoint(tmp_path, monkeypatch):
     from cnncli.runs import read_config
     from cnncli.train import TrainConfig, prepare

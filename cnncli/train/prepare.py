@@ -85,7 +85,10 @@ def prepare(cfg: TrainConfig, progress, resume: Path | None = None) -> Setup:
     trainable = trainable_mask(params, first_trained) if first_trained else None
     feeder = Feeder(mesh, ds.train.x, ds.train.y)
 
-    timing = (gtrain, params, rest, binary, mean, std, bs, ds.shape, len(ds.classes))
+    # The steps timed below get the run's own optimizer (its masks too: --bn-bias-lr and a frozen
+    # prefix change its state's structure), over one step per "epoch" since only the speed counts.
+    timing_tx = make_optimizer(cfg, 1, trainable, norm_bias_mask(model, params))
+    timing = (gtrain, timing_tx, params, rest, binary, mean, std, bs, ds.shape, len(ds.classes))
     if cfg.precision == "auto":
         cfg = dataclasses.replace(cfg, precision=_auto_precision(cfg, cached, timing, progress))
     use_kernels = cached or _kernels_choice(cfg, *timing)
@@ -185,8 +188,8 @@ def _auto_precision(cfg, cached: bool, timing: tuple, progress) -> str:
     if cached:  # its steps take features: _synthetic's images would not fit
         progress.note("precision: fp32 (above a cached frozen prefix, not measured)")
         return "fp32"
-    gtrain, params, rest, binary, mean, std, bs, shape, num_classes = timing
-    tx, inputs = _synthetic(cfg, params, rest, bs, shape, num_classes)
+    gtrain, tx, params, rest, binary, mean, std, bs, shape, num_classes = timing
+    inputs = _synthetic(tx, params, rest, bs, shape, num_classes)
     augment_ops = tuple(augment_list(cfg.augment))
     steps = {p: make_train_step(gtrain, tx, binary=binary, mean=mean, std=std, augment_ops=augment_ops,
                                 precision=p, seed=seed_value(cfg.seed), jit=False) for p in NAMES}
@@ -196,12 +199,12 @@ def _auto_precision(cfg, cached: bool, timing: tuple, progress) -> str:
     return precision
 
 
-def _kernels_choice(cfg, gtrain, params, rest, binary, mean, std, bs, shape, num_classes) -> bool:
+def _kernels_choice(cfg, gtrain, tx, params, rest, binary, mean, std, bs, shape, num_classes) -> bool:
     """Whether this train step runs its ops' oneDNN choices: the whole step timed both ways
     (tuner.kernels_in_step), once per host, model, input, batch and precision."""
     from .. import tuner
 
-    tx, inputs = _synthetic(cfg, params, rest, bs, shape, num_classes)
+    inputs = _synthetic(tx, params, rest, bs, shape, num_classes)
     augment_ops = tuple(augment_list(cfg.augment))
 
     def step(use_kernels):
@@ -211,10 +214,8 @@ def _kernels_choice(cfg, gtrain, params, rest, binary, mean, std, bs, shape, num
     return tuner.kernels_in_step((cfg.arch, tuple(shape), bs, num_classes, augment_ops, cfg.precision), step, inputs)
 
 
-def _synthetic(cfg, params, rest, bs, shape, num_classes):
-    """(optimizer, inputs()): a train step's arguments on a random batch, for timing it."""
-    tx = make_optimizer(cfg, 1, None, None)
-
+def _synthetic(tx, params, rest, bs, shape, num_classes):
+    """inputs(): a train step's arguments on a random batch, for timing it."""
     def inputs():
         rng = np.random.default_rng(0)
         x = rng.integers(0, 256, (bs, *shape), dtype=np.uint8)
@@ -222,7 +223,7 @@ def _synthetic(cfg, params, rest, bs, shape, num_classes):
         state = TrainState(params, rest, tx.init(params), None)
         return state, zero_metrics(), x, y, np.arange(bs, dtype=np.int32), np.int32(0)
 
-    return tx, inputs
+    return inputs
 
 
 def data_record(setup: Setup) -> dict:
