@@ -150,23 +150,61 @@ def test_kernel_equals_xla(geo, dtype):
     x = _rand(x_shape, dtype, 0)
     k = _rand(window, dtype, 1) if conv else None
     dy = _rand((x_shape[0], *out_hw, window[3] if conv else x_shape[3]), dtype, 2)
+    b = _rand(window[3:], "float32", 3) if conv else None
+    fused = conv and _fast(kernels.CONV_FWD_BIAS_RELU, dtype, x_shape, window, out_hw, strides, pads)
 
     @jax.jit
-    def run(x, dy, k):
+    def run(x, dy, k, b):
         if conv:
             return (kernels.conv_fwd(x, k, out_hw, strides, pads), kernels.conv_bwd_data(dy, k, x_shape, strides, pads),
-                    kernels.conv_bwd_weights(x, dy, window, strides, pads))
+                    kernels.conv_bwd_weights(x, dy, window, strides, pads)) + (
+                    (kernels.conv_fwd_bias(x, k, b, out_hw, strides, pads, relu=True),) if fused else ())
         return (kernels.pool_fwd(x, int(avg), window, out_hw, strides, pads),
                 kernels.pool_bwd(x, dy, int(avg), window, strides, pads))
 
-    gots = run(x, dy, k)
-    assert [g.dtype for g in gots] == [x.dtype, x.dtype] + ([jnp.float32] if conv else [])
+    gots = run(x, dy, k, b)
+    assert [g.dtype for g in gots] == [x.dtype, x.dtype] + ([jnp.float32] if conv else []) + ([x.dtype] if fused else [])
     as64 = (lambda a: None if a is None else np.asarray(a, np.float64))
     wants = _reference(what, as64(x), as64(k), as64(dy), window, strides, pads, out_hw)
+    if fused:  # the bias and ReLU as post-ops
+        wants = (*wants, np.maximum(wants[0] + as64(b), 0.0))
     tol = TOL[dtype] if conv or avg else 0.0  # a maximum moves values: exact (its gradient may sum)
-    for name, g, w in zip(("forward", "input gradient", "kernel gradient"), gots, wants):
+    for name, g, w in zip(("forward", "input gradient", "kernel gradient", "forward + bias, ReLU"), gots, wants):
         np.testing.assert_allclose(np.asarray(g, f32), w.astype(f32), rtol=0, err_msg=name,
                                    atol=max(tol, 1e-6 if name != "forward" else 0.0) * float(np.abs(w).max()))
+
+
+@pytest.mark.parametrize("relu", [True, False])
+@pytest.mark.parametrize("stride,cin", [(1, 3), (2, 8)])
+def test_the_fused_layer_has_the_plain_layers_values_and_gradients(monkeypatch, relu, stride, cin):
+    """conv2d_act in its one-pass form (the tuner's choice forced): its custom gradient (ReLU's mask
+    from the output, the bias summed) equals autodiff of XLA's plain convolution + bias + ReLU; and
+    with the input not differentiated (a network's first layer) no input gradient is asked for."""
+    if not LINUX_X86:
+        pytest.skip("oneDNN's PyPI wheels are for x86-64 Linux")
+    assert kernels.available(), kernels.why_not()  # registers the targets; the other forms stay XLA's (CNN_TUNE=0)
+    monkeypatch.setattr(conv, "_fused", lambda *a: True)
+    asked = []
+    real_igrad = conv._input_grad
+    monkeypatch.setattr(conv, "_input_grad", lambda *a: asked.append(1) or real_igrad(*a))
+    x, k, b = _rand((2, 9, 9, cin), "float32", 0), _rand((3, 3, cin, 4), "float32", 1), _rand((4,), "float32", 2)
+    act = "relu" if relu else None
+
+    def loss(x, k, b):  # weights every output differently, so that a misplaced gradient shows
+        y = layers.conv2d_act(x, k, b, stride, "SAME", act)
+        return jnp.sum(y * jnp.arange(y.size, dtype=y.dtype).reshape(y.shape) / y.size)
+
+    got = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2)))(x, k, b)
+    with tuner.plain():
+        want = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2)))(x, k, b)
+    np.testing.assert_allclose(got[0], want[0], rtol=1e-5)
+    for g, w in zip(got[1], want[1]):
+        np.testing.assert_allclose(g, w, rtol=0, atol=1e-5 * float(np.abs(w).max()))
+    assert asked
+    asked.clear()
+    first = jax.jit(jax.grad(loss, argnums=(1, 2)))(x, k, b)
+    assert not asked
+    np.testing.assert_allclose(first[0], want[1][1], rtol=0, atol=1e-5 * float(np.abs(want[1][1]).max()))
 
 
 def test_no_onednn_is_one_note_and_xla_forms(monkeypatch, tmp_path):

@@ -49,7 +49,7 @@ def load() -> ctypes.CDLL | None:
     try:
         path = build.library()
         lib = ctypes.CDLL(str(path))
-        for name in ("cnn_conv_fwd", "cnn_conv_bwd_data", "cnn_conv_bwd_weights", "cnn_pool_fwd", "cnn_pool_bwd"):
+        for name in ("cnn_conv_fwd", "cnn_conv_fwd_bias", "cnn_conv_bwd_data", "cnn_conv_bwd_weights", "cnn_pool_fwd", "cnn_pool_bwd"):
             jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(getattr(lib, name)), platform="cpu")
         lib.cnn_impl.argtypes = [ctypes.POINTER(ctypes.c_int64), ctypes.c_char_p, ctypes.c_int64]
         lib.cnn_onednn_version.restype = ctypes.c_char_p
@@ -77,7 +77,7 @@ def why_not() -> str | None:
 
 # --- which implementation oneDNN would run -------------------------------------------------------
 
-CONV_FWD, CONV_BWD_DATA, CONV_BWD_WEIGHTS, MAX_FWD, MAX_BWD, AVG_FWD, AVG_BWD = range(7)
+CONV_FWD, CONV_BWD_DATA, CONV_BWD_WEIGHTS, MAX_FWD, MAX_BWD, AVG_FWD, AVG_BWD, CONV_FWD_BIAS, CONV_FWD_BIAS_RELU = range(9)
 
 
 @functools.lru_cache(maxsize=None)
@@ -152,6 +152,17 @@ def conv_fwd(x, kernel, out_hw, strides, pads):
 
     out = jax.ShapeDtypeStruct((x.shape[0], *out_hw, kernel.shape[3]), x.dtype)
     return jax.ffi.ffi_call("cnn_conv_fwd", out)(x, kernel, **_attrs(strides, pads))
+
+
+def conv_fwd_bias(x, kernel, bias, out_hw, strides, pads, relu: bool):
+    """conv_fwd(x, kernel) + bias (fp32), then ReLU if `relu`, in one pass: oneDNN adds them as it
+    writes the output (post-ops). In x's dtype."""
+    import jax
+    import jax.numpy as jnp
+
+    out = jax.ShapeDtypeStruct((x.shape[0], *out_hw, kernel.shape[3]), x.dtype)
+    return jax.ffi.ffi_call("cnn_conv_fwd_bias", out)(x, kernel, bias.astype(jnp.float32), relu=np.int64(relu),
+                                                      **_attrs(strides, pads))
 
 
 def conv_bwd_data(dy, kernel, x_shape, strides, pads):

@@ -1,4 +1,5 @@
-// oneDNN's convolution and pooling primitives as XLA FFI custom calls (cnncli/kernels/__init__.py).
+// oneDNN's convolution (with its bias and ReLU fused as post-ops, for the forward pass) and pooling
+// primitives as XLA FFI custom calls (cnncli/kernels/__init__.py).
 //
 // Layouts are the ones the JAX side already holds: NHWC activations, HWIO kernels; weights are
 // reordered into whatever blocked layout the chosen implementation wants (a few KB, each call).
@@ -46,7 +47,7 @@ dnnl::stream& strm() {
 // Everything that decides a primitive: direction, dtype, shapes, strides, pads.
 struct Geo {
   int64_t kind;  // 0 conv fwd, 1 conv bwd data, 2 conv bwd weights, 3 max pool fwd, 4 max pool bwd,
-                 // 5 avg pool fwd, 6 avg pool bwd
+                 // 5 avg pool fwd, 6 avg pool bwd, 7 conv fwd + bias, 8 conv fwd + bias, then ReLU
   int64_t bf16;
   int64_t n, h, w, c;     // input (NHWC)
   int64_t kh, kw, o;      // window and output channels (pooling: o == c)
@@ -63,6 +64,13 @@ struct Geo {
 };
 
 memory::data_type act_type(const Geo& g) { return g.bf16 ? memory::data_type::bf16 : memory::data_type::f32; }
+
+bool is_conv(int64_t kind) { return kind <= 2 || kind >= 7; }
+bool is_conv_fwd(int64_t kind) { return kind == 0 || kind >= 7; }
+
+// A fused forward's bias: fp32 whatever the operands (the parameter as JAX holds it; oneDNN adds it
+// to the fp32 accumulator before rounding).
+memory::desc bias_desc(const Geo& g) { return memory::desc({g.o}, memory::data_type::f32, tag::a); }
 
 struct Prim {
   dnnl::primitive prim;
@@ -135,6 +143,23 @@ std::unique_ptr<Prim> make_conv(const Geo& g) {
   auto w_any = weights(g, t, tag::any);
   auto p = std::make_unique<Prim>();
   auto attr = user_scratchpad();
+  if (g.kind >= 7) {
+    // The bias and the ReLU applied by the kernel as it writes each output block (post-ops): the
+    // output is written once instead of being read and written again by an elementwise pass.
+    if (g.kind == 8) {
+      post_ops po;
+      po.append_eltwise(algorithm::eltwise_relu, 0.f, 0.f);
+      attr.set_post_ops(po);
+    }
+    auto fused = convolution_forward::primitive_desc(eng(), prop_kind::forward_inference,
+                                                     algorithm::convolution_direct, src, w_any, bias_desc(g), dst,
+                                                     strides, pl, pr, attr);
+    set_weights(*p, weights(g, t, tag::hwio), fused.weights_desc(), false);
+    p->impl = fused.impl_info_str();
+    p->scratch = fused.scratchpad_desc();
+    p->prim = convolution_forward(fused);
+    return p;
+  }
   auto fwd = convolution_forward::primitive_desc(eng(), g.kind == 0 ? prop_kind::forward_inference
                                                                     : prop_kind::forward_training,
                                                  algorithm::convolution_direct, src, w_any, dst, strides, pl, pr,
@@ -198,12 +223,13 @@ Prim& get(const Geo& g) {  // under g_mu
   auto& c = cache();
   auto k = g.key();
   auto it = c.find(k);
-  if (it == c.end()) it = c.emplace(k, g.kind <= 2 ? make_conv(g) : make_pool(g)).first;
+  if (it == c.end()) it = c.emplace(k, is_conv(g.kind) ? make_conv(g) : make_pool(g)).first;
   return *it->second;
 }
 
-void run_conv(const Geo& g, void* a, void* b, void* out) {
-  // fwd: a = x, b = w, out = y; bwd data: a = dy, b = w, out = dx; bwd weights: a = x, b = dy, out = dw
+void run_conv(const Geo& g, void* a, void* b, void* out, void* bias = nullptr) {
+  // fwd: a = x, b = w, out = y (fused: + bias); bwd data: a = dy, b = w, out = dx; bwd weights: a = x,
+  // b = dy, out = dw
   auto t = act_type(g);
   auto src = nhwc(g.n, g.h, g.w, g.c, t), dst = nhwc(g.n, g.oh, g.ow, g.o, t);
   std::lock_guard<std::mutex> lock(g_mu);
@@ -215,10 +241,13 @@ void run_conv(const Geo& g, void* a, void* b, void* out) {
     if (p.w_reorder)
       p.w_to_prim.execute(s, {{DNNL_ARG_FROM, from}, {DNNL_ARG_TO, to}, {DNNL_ARG_SCRATCHPAD, scratch(p.scratch_reorder)}});
   };
-  if (g.kind == 0) {
+  if (is_conv_fwd(g.kind)) {
     reorder(user_w, w);
-    p.prim.execute(s, {{DNNL_ARG_SRC, memory(src, eng(), a)}, {DNNL_ARG_WEIGHTS, w},
-                       {DNNL_ARG_DST, memory(dst, eng(), out)}, {DNNL_ARG_SCRATCHPAD, scratch(p.scratch)}});
+    std::unordered_map<int, memory> args{{DNNL_ARG_SRC, memory(src, eng(), a)}, {DNNL_ARG_WEIGHTS, w},
+                                         {DNNL_ARG_DST, memory(dst, eng(), out)},
+                                         {DNNL_ARG_SCRATCHPAD, scratch(p.scratch)}};
+    if (g.kind >= 7) args.insert({DNNL_ARG_BIAS, memory(bias_desc(g), eng(), bias)});
+    p.prim.execute(s, args);
   } else if (g.kind == 1) {
     reorder(user_w, w);
     p.prim.execute(s, {{DNNL_ARG_DIFF_DST, memory(dst, eng(), a)}, {DNNL_ARG_WEIGHTS, w},
@@ -311,6 +340,19 @@ ffi::Error ConvBwdWeights(ffi::AnyBuffer x, ffi::AnyBuffer dy, ffi::Result<ffi::
   return checked(x.element_type(), [&] { run_conv(g, x.untyped_data(), dy.untyped_data(), dw->untyped_data()); });
 }
 
+// The forward with the bias added and, `relu` 1, ReLU applied inside the kernel (x, w, b -> y).
+ffi::Error ConvFwdBias(ffi::AnyBuffer x, ffi::AnyBuffer w, ffi::AnyBuffer b, ffi::Result<ffi::AnyBuffer> y,
+                       int64_t relu, int64_t sh, int64_t sw, int64_t pt, int64_t pb, int64_t pl, int64_t pr) {
+  auto wd = w.dimensions();
+  Geo g = geometry(relu ? 8 : 7, x.element_type(), x.dimensions(), wd[0], wd[1], wd[3], y->dimensions(), sh, sw, pt,
+                   pb, pl, pr, wd[2]);
+  if (b.element_type() != ffi::DataType::F32)
+    return ffi::Error(ffi::ErrorCode::kInvalidArgument, "cnn oneDNN kernels take an f32 bias");
+  return checked(x.element_type(), [&] {
+    run_conv(g, x.untyped_data(), w.untyped_data(), y->untyped_data(), b.untyped_data());
+  });
+}
+
 // Pooling: `avg` 0 (max) or 1 (average, padding excluded); window kh x kw.
 ffi::Error PoolFwd(ffi::AnyBuffer x, ffi::Result<ffi::AnyBuffer> y, int64_t avg, int64_t kh, int64_t kw, int64_t sh,
                    int64_t sw, int64_t pt, int64_t pb, int64_t pl, int64_t pr) {
@@ -335,6 +377,9 @@ ffi::Error PoolBwd(ffi::AnyBuffer x, ffi::AnyBuffer dy, ffi::Result<ffi::AnyBuff
 XLA_FFI_DEFINE_HANDLER_SYMBOL(cnn_conv_fwd, ConvFwd,
                               ffi::Ffi::Bind().Arg<ffi::AnyBuffer>().Arg<ffi::AnyBuffer>().Ret<ffi::AnyBuffer>()
                                   CONV_ATTRS);
+XLA_FFI_DEFINE_HANDLER_SYMBOL(cnn_conv_fwd_bias, ConvFwdBias,
+                              ffi::Ffi::Bind().Arg<ffi::AnyBuffer>().Arg<ffi::AnyBuffer>().Arg<ffi::AnyBuffer>()
+                                  .Ret<ffi::AnyBuffer>().Attr<int64_t>("relu") CONV_ATTRS);
 XLA_FFI_DEFINE_HANDLER_SYMBOL(cnn_conv_bwd_data, ConvBwdData,
                               ffi::Ffi::Bind().Arg<ffi::AnyBuffer>().Arg<ffi::AnyBuffer>().Ret<ffi::AnyBuffer>()
                                   CONV_ATTRS);
