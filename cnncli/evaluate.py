@@ -40,6 +40,7 @@ class Evaluation:
     report: dict  # scikit-learn's classification_report(output_dict=True)
     confusion_matrix: list[list[int]]
     notes: list[str] = field(default_factory=list)
+    views: str = "the image only"  # the test-time views averaged (`describe_views`)
     files: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
@@ -74,10 +75,12 @@ def check_outputs(predictions, mistakes) -> None:
 
 
 def evaluate(run_dir, split: str | None = None, dataset: str | None = None, checkpoint: str = "best",
-             write: bool = True, predictions=None, mistakes=None) -> Evaluation:
+             write: bool = True, predictions=None, mistakes=None, tta: dict | None = None) -> Evaluation:
     """Evaluate the run in `run_dir` on `split` (default: `default_split`); with `write`, save the figures
     and report.json there. `predictions` names a CSV of one row per image, written with a grid of the
-    most confident mistakes beside it (or at `mistakes`)."""
+    most confident mistakes beside it (or at `mistakes`). `tta` replaces some of the run's test-time
+    views ({"tta_flip": bool, "tta_shift": int, "tta_scales": "0.9,1.1"}): to choose them on the
+    validation split without training again."""
     from .console import task_progress
     from .runs import load_run
 
@@ -88,6 +91,7 @@ def evaluate(run_dir, split: str | None = None, dataset: str | None = None, chec
         raise CnnError(f"--checkpoint must be best or last, not {checkpoint!r}")
     check_outputs(predictions, mistakes)
     run = load_run(run_dir, which=checkpoint)
+    views = set_views(run, tta or {})
     ds, notes = dataset_for(run, dataset)
     rows = scored_rows(ds, split, own=dataset is None)
     y, notes2 = _labels_in_model_order(rows.y, ds.classes, run.classes)
@@ -96,9 +100,10 @@ def evaluate(run_dir, split: str | None = None, dataset: str | None = None, chec
         probs = np.concatenate([run.probabilities(x, progress=advance) for x in rows.xs])[rows.order]
     used, epoch = run.checkpoint, run.epoch
     ev = Evaluation(str(run_dir), ds.name, split, rows.described, rows.sizes, used, epoch, list(run.classes),
-                    int(len(y)), notes=notes, **metrics(y, probs, run.classes))
+                    int(len(y)), notes=notes, views=views, **metrics(y, probs, run.classes))
     if write:
-        ev.files = write_outputs(ev, rows, y, probs, Path(run_dir), output_tag(dataset, split, used))
+        ev.files = write_outputs(ev, rows, y, probs, Path(run_dir),
+                                 output_tag(dataset, split, used) + (_views_tag(run) if tta else ""))
     if predictions is not None:
         ev.files["predictions"] = str(write_predictions(predictions, rows, y, probs, run.classes))
         png = Path(mistakes) if mistakes else Path(predictions).with_name(Path(predictions).stem + "_mistakes.png")
@@ -249,6 +254,37 @@ def _labels_in_model_order(y: np.ndarray, ds_classes: list[str], model_classes: 
         return index[np.asarray(y)], ["the data set lists the classes in another order: labels matched by name"]
     return np.asarray(y), [f"class names differ ({', '.join(ds_classes)} vs the model's "
                            f"{', '.join(model_classes)}): compared by index"]
+
+
+def describe_views(flip: bool, shift: int, scales: tuple) -> str:
+    """The test-time views in words: "the image only", "flip, shift 1", "flip, scales 0.9,1.1"."""
+    parts = (["flip"] if flip else []) + ([f"shift {shift}"] if shift else []) + (
+        ["scales " + ",".join(f"{v:g}" for v in scales)] if scales else [])
+    return ", ".join(parts) or "the image only"
+
+
+def set_views(run, tta: dict) -> str:
+    """Replace the run's test-time views named in `tta` (others stay the run's); their description."""
+    from .checks import scale_list
+
+    if "tta_flip" in tta:
+        run.tta_flip = bool(tta["tta_flip"])
+    if "tta_shift" in tta:
+        side = min(run.input_shape[:2])
+        if not 0 <= tta["tta_shift"] or 2 * tta["tta_shift"] >= side:
+            raise CnnError(f"--tta-shift {tta['tta_shift']} is too large for {run.input_shape[0]}x"
+                           f"{run.input_shape[1]} images (at most {(side - 1) // 2} px)")
+        run.tta_shift = int(tta["tta_shift"])
+    if "tta_scales" in tta:
+        run.tta_scales = scale_list(tta["tta_scales"])
+    return describe_views(run.tta_flip, run.tta_shift, run.tta_scales)
+
+
+def _views_tag(run) -> str:
+    """A file suffix for views other than the run's own: "_views-flip-s1", "_views-none"."""
+    parts = (["flip"] if run.tta_flip else []) + ([f"s{run.tta_shift}"] if run.tta_shift else []) + (
+        ["x" + "-".join(f"{v:g}" for v in run.tta_scales)] if run.tta_scales else [])
+    return "_views-" + ("-".join(parts) or "none")
 
 
 def output_tag(dataset: str | None, split: str, checkpoint: str) -> str:

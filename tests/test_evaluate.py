@@ -116,6 +116,28 @@ def test_other_splits_and_checkpoints_do_not_overwrite(digits):
         evaluate(run_dir, split="dev")
 
 
+def test_test_time_views_chosen_on_validation(digits):
+    """--tta-* replace the run's views for one evaluation (to choose them on the validation split): the
+    mirror view's probabilities are the mean of the image's and its mirror's, and the files get a suffix
+    of their own."""
+    run_dir = Path(digits["run_dir"])
+    plain = evaluate(run_dir, split="val")
+    flipped = evaluate(run_dir, split="val", tta={"tta_flip": True})
+    assert (plain.views, flipped.views) == ("the image only", "flip")
+    assert Path(flipped.files["report"]).name == "report_val_views-flip.json"
+    assert json.loads(Path(plain.files["report"]).read_text())["loss"] == plain.loss  # not overwritten
+    run = load_run(run_dir)
+    x = dataset_for(run)[0].val.x
+    y = dataset_for(run)[0].val.y
+    p = (run.probabilities(x) + run.probabilities(x[:, :, ::-1])) / 2
+    assert flipped.loss == pytest.approx(metrics(y, p, run.classes)["loss"], rel=1e-5)
+    assert flipped.loss != pytest.approx(plain.loss, rel=1e-5)
+    for bad, message in ((["--tta-shift", "4"], "--tta-shift 4 is too large for 8x8 images (at most 3 px)"),
+                         (["--tta-scales", "3"], "--tta-scales takes shares of the side in [0.25, 2]")):
+        r = cli("evaluate", run_dir, "--split", "val", *bad)
+        assert r.returncode != 0 and "Traceback" not in r.stderr and message in r.stderr.strip().splitlines()[-1]
+
+
 def test_other_dataset_of_the_same_shape(digits, tmp_path):
     from sklearn.datasets import load_digits
 
@@ -223,5 +245,5 @@ def test_cli_says_which_split_and_how_many(digits, digit_folder, tmp_path):
                                  "--predictions", str(tmp_path / "p.csv")])
     assert r.exit_code == 0, r.output
     assert r.output.splitlines()[0] == f"{digits['run_dir']}: mine, all 60 images, best checkpoint, epoch " \
-                                       f"{digits['best_epoch']}"
+                                       f"{digits['best_epoch']}; views: the image only"
     assert str(tmp_path / "p.csv") in r.output and str(tmp_path / "p_mistakes.png") in r.output

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from ..checks import choice
+from ..checks import NON_NEGATIVE, choice
 from ..runs.rundir import CHECKPOINTS
 from .options import Json, MinAccuracy, option
 
@@ -34,12 +34,20 @@ def evaluate(
                                metavar="DIR")] = "runs/train",
     reframe: Annotated[bool, option("--reframe", is_flag=True, help="Score the split's photos re-framed (padded, "
                                     "cropped, rotated, ...): accuracy per kind against the plain split's.")] = False,
+    tta_flip: Annotated[Optional[bool], option("--tta-flip/--no-tta-flip", is_flag=True, unset="the run's own",
+                                               help="Average predictions with the mirror image, or not.")] = None,
+    tta_shift: Annotated[Optional[int], option("--tta-shift", metavar="N", rule=NON_NEGATIVE, unset="the run's own",
+                                               help="Also average over copies shifted by +-N pixels (0 = off).")] = None,
+    tta_scales: Annotated[Optional[str], option("--tta-scales", metavar="LIST", unset="the run's own",
+                                                help="Also average over views at these shares of the side "
+                                                     "(\"\" = none).")] = None,
     json: Json = False,
 ):
     """Loss, accuracy, classification report and confusion matrix of a run on a split of a data set.
 
     Writes confusion_matrix.png, errors.png and report.json into the run directory (with a suffix
-    such as _val or _last for other splits, data sets or checkpoints).
+    such as _val or _last for other splits, data sets or checkpoints). The --tta options replace the
+    run's test-time views, to choose them on the validation split (files then get a _views-... suffix).
     """
     from ..console import Out
     from ..evaluate import evaluate as evaluate_run
@@ -49,15 +57,17 @@ def evaluate(
     o = Out(json=json)
     if reframe:
         return _print_reframe(o, run_dir or latest_run(out), split or "test", dataset, checkpoint, json)
+    tta = {k: v for k, v in (("tta_flip", tta_flip), ("tta_shift", tta_shift), ("tta_scales", tta_scales))
+           if v is not None}
     ev = evaluate_run(run_dir or latest_run(out), split, dataset, checkpoint, predictions=predictions,
-                      mistakes=mistakes)
+                      mistakes=mistakes, tta=tta)
     for note in ev.notes:
         o.print(f"note: {note}")
     if json:
         o.emit_json(ev.to_dict())
     else:
         epoch = "" if ev.epoch is None else f", epoch {ev.epoch}"
-        o.print(f"{ev.run_dir}: {ev.dataset}, {ev.scored}, {ev.checkpoint} checkpoint{epoch}")
+        o.print(f"{ev.run_dir}: {ev.dataset}, {ev.scored}, {ev.checkpoint} checkpoint{epoch}; views: {ev.views}")
         o.print(f"loss {ev.loss:.4f}  accuracy {ev.accuracy:.4f}")
         o.table("classification report", ["", "precision", "recall", "f1-score", "support"],
                 report_rows(ev.report, ev.classes))
