@@ -387,6 +387,36 @@ def test_time_budget_picks_the_epochs_that_fit(monkeypatch):
     assert "so 3 epoch(s); fewer than the 10 recipe mnist-best plans" in note
     with pytest.raises(CnnError, match="does not fit one epoch here"):
         budget(1, 10)
+    # An epoch is its steps and its validation pass: timing the pass (4 s on the clock) finds 10 s an
+    # epoch, so (0.95 x 120 - 35 - 7) // 30 = 2 epochs.
+    clock[0], calls[0] = 0.0, 0
+
+    def validate():
+        clock[0] += 4.0
+        return 10.0
+
+    epochs, spent, note = planner.epochs_within_budget(resolve(dict(time_budget=2, epochs=10)), step, {}, feeder, 10,
+                                                       20, validate)
+    assert (epochs, spent) == (2, 35.0) and "~30 s per epoch here (~10 s of it validating), so 2 epoch(s)" in note
+
+
+def test_validation_seconds_scales_the_timed_batches_to_the_split(monkeypatch):
+    from cnncli.train import budget as planner
+    from cnncli.train.feed import mesh
+
+    clock, seen = [0.0], []
+    monkeypatch.setattr(planner.time, "perf_counter", lambda: clock[0])
+
+    def eval_step(params, rest, x, y, w):  # 1 s a batch on the clock
+        seen.append(int(np.asarray(w).sum()))
+        clock[0] += 1.0
+        return np.zeros(2)
+
+    x, y = np.zeros((1000, 2, 2, 1), np.uint8), np.zeros(1000, np.int32)
+    # One batch of 256 compiles, two are timed (2 s for 512 images): 1,000 images take ~3.9 s.
+    assert planner.validation_seconds(eval_step, {}, {}, mesh(), x, y, 256) == pytest.approx(2.0 * 1000 / 512)
+    assert seen == [256, 256, 256]
+    assert planner.validation_seconds(eval_step, {}, {}, mesh(), x[:0], y[:0], 256) == 0.0
 
 
 def test_time_budget_holds_when_epochs_run_slower_than_planned(tmp_path, monkeypatch):

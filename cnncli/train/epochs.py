@@ -24,7 +24,7 @@ from ..faultpoints import point
 from ..runs import checkpoint, rundir
 from ..runs.loop import Loop
 from ..tables import sig
-from .evaluation import evaluate_arrays
+from .evaluation import eval_batch_size, evaluate_arrays
 from .feed import order
 from .logs import EpochLog
 from .optim import learning_rate
@@ -129,7 +129,7 @@ def _end_epoch(s: Setup, loop: Loop, state, sums, before, t0: float, lr_at, out:
     val_loss = val_acc = None
     if s.ds.val is not None and len(s.ds.val.y):
         val_loss, val_acc = evaluate_arrays(s.eval_step, state.ema if cfg.ema else state.params, state.rest, s.mesh,
-                                            s.ds.val.x, s.ds.val.y, max(256, s.batch_size))
+                                            s.ds.val.x, s.ds.val.y, eval_batch_size(s.batch_size))
     seconds = time.monotonic() - t0
     loop.train_seconds += seconds
     row = {

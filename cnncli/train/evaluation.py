@@ -8,6 +8,11 @@ import numpy as np
 from .feed import put
 
 
+def eval_batch_size(train_batch_size: int) -> int:
+    """The batch a run's validation and test passes use: at least 256 (no gradients to hold)."""
+    return max(256, train_batch_size)
+
+
 def evaluate_arrays(eval_step, params, rest, mesh, x, y, batch_size: int, with_probs: bool = False):
     """(loss, accuracy) over a whole split, in padded fixed-size batches; with `with_probs`, also the
     class probabilities (N, K) as a third item (calibration fits its temperature on them)."""

@@ -16,13 +16,13 @@ from ..fsutil import write_json
 from ..runs import checkpoint, rundir
 from ..runs.loop import Loop
 from .epochs import KeyboardInterruptSaved, Writes
-from .evaluation import evaluate_arrays
+from .evaluation import eval_batch_size, evaluate_arrays
 from .prepare import Setup
 
 
 def finish(s: Setup, loop: Loop, state, out: Writes, progress, t_start: float) -> dict:
     """Test the best epoch, calibrate it, write metrics.json; return the run's summary."""
-    cfg, eval_bs = s.cfg, max(256, s.batch_size)
+    cfg, eval_bs = s.cfg, eval_batch_size(s.batch_size)
     try:
         point("test-evaluation")
         out.plot(loop)

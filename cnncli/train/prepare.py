@@ -23,7 +23,8 @@ from ..errors import CnnError
 from ..runs import rundir
 from ..runs.infer import make_eval_step
 from . import prefix
-from .budget import epochs_within_budget
+from .budget import epochs_within_budget, validation_seconds
+from .evaluation import eval_batch_size
 from .config import TrainConfig, augment_list, crop_pad
 from .feed import Feeder, mesh as make_mesh
 from .optim import DEFAULT_LR, make_optimizer, norm_bias_mask
@@ -104,19 +105,23 @@ def prepare(cfg: TrainConfig, progress, resume: Path | None = None) -> Setup:
         return state, step
 
     state, train_step = build(cfg)
+    eval_step = make_eval_step(geval, binary=binary, mean=mean, std=std, tta_flip=cfg.tta_flip,
+                               tta_shift=cfg.tta_shift, tta_scales=scale_list(cfg.tta_scales), features=cached)
     budget_seconds = 0.0
     if cfg.time_budget and resume is None:
+        def validate():  # an epoch's validation pass, as the epochs run it (epochs._end_epoch)
+            return validation_seconds(eval_step, state.params, state.rest, mesh, ds.val.x, ds.val.y,
+                                      eval_batch_size(bs)) if ds.val is not None else 0.0
+
         epochs, budget_seconds, note = epochs_within_budget(
             # A copy: the step donates its input, and the real run starts from these same arrays.
             cfg, train_step, jax.device_put(jax.tree.map(lambda a: a.copy(), state), NamedSharding(mesh, P())),
-            feeder, bs, steps_per_epoch)
+            feeder, bs, steps_per_epoch, validate)
         progress.note(note)
         if epochs != cfg.epochs:  # config.json records them; a resumed run keeps them
             cfg = dataclasses.replace(cfg, epochs=epochs)
             state, train_step = build(cfg)
     cfg = dataclasses.replace(cfg, extra=_provenance(cfg, mesh, steps_per_epoch, bs))
-    eval_step = make_eval_step(geval, binary=binary, mean=mean, std=std, tta_flip=cfg.tta_flip,
-                               tta_shift=cfg.tta_shift, tta_scales=scale_list(cfg.tta_scales), features=cached)
     return Setup(cfg, ds, model, binary, mean, std, seed, mesh, bs, steps_per_epoch, feeder, state, train_step,
                  eval_step, budget_seconds, cfg.time_budget if resume is None else 0.0)
 
