@@ -189,6 +189,14 @@ def seed_value(seed: int) -> int:
     return int.from_bytes(hashlib.sha256(str(seed).encode()).digest()[:8], "little") % SEED_SPAN
 
 
+def check_tta_shift(shift: int, shape) -> None:
+    """--tta-shift must leave every shifted view inside an HxW image: 2 x shift < the shorter side."""
+    side = min(shape[:2])
+    if shift and 2 * shift >= side:
+        raise CnnError(f"--tta-shift {shift} is too large for {shape[0]}x{shape[1]} images "
+                       f"(at most {(side - 1) // 2} px)")
+
+
 def scale_list(spec: str | None) -> tuple[float, ...]:
     """--tta-scales as numbers: a comma list of shares of the side, each in [0.25, 2] and not 1."""
     out = []

@@ -265,15 +265,12 @@ def describe_views(flip: bool, shift: int, scales: tuple) -> str:
 
 def set_views(run, tta: dict) -> str:
     """Replace the run's test-time views named in `tta` (others stay the run's); their description."""
-    from .checks import scale_list
+    from .checks import check_tta_shift, scale_list
 
     if "tta_flip" in tta:
         run.tta_flip = bool(tta["tta_flip"])
     if "tta_shift" in tta:
-        side = min(run.input_shape[:2])
-        if not 0 <= tta["tta_shift"] or 2 * tta["tta_shift"] >= side:
-            raise CnnError(f"--tta-shift {tta['tta_shift']} is too large for {run.input_shape[0]}x"
-                           f"{run.input_shape[1]} images (at most {(side - 1) // 2} px)")
+        check_tta_shift(tta["tta_shift"], run.input_shape)
         run.tta_shift = int(tta["tta_shift"])
     if "tta_scales" in tta:
         run.tta_scales = scale_list(tta["tta_scales"])

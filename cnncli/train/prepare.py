@@ -18,7 +18,7 @@ import numpy as np
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from ..checks import scale_list, seed_value
+from ..checks import check_tta_shift, scale_list, seed_value
 from ..errors import CnnError
 from ..runs import rundir
 from ..runs.infer import make_eval_step
@@ -152,10 +152,8 @@ def _dataset(cfg: TrainConfig, seed: int, progress):
                       limit=cfg.limit, balance=cfg.balance, seed=seed, fit=cfg.fit)
     if ds.info.get("note"):
         progress.note(f"note: {ds.info['note']}")
+    check_tta_shift(cfg.tta_shift, ds.shape)
     side = min(ds.shape[:2])
-    if cfg.tta_shift and 2 * cfg.tta_shift >= side:
-        raise CnnError(f"--tta-shift {cfg.tta_shift} is too large for {ds.shape[0]}x{ds.shape[1]} images "
-                       f"(at most {(side - 1) // 2} px)")
     pad = crop_pad(augment_list(cfg.augment))
     if pad >= side:
         raise CnnError(f"--augment's crop pads {pad} px, too many for {ds.shape[0]}x{ds.shape[1]} images "
