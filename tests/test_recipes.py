@@ -55,9 +55,14 @@ def test_recipes_command_table_and_json():
     assert json.loads(r.output)["recipes"] == json.loads(json.dumps(RECIPES))
     table = CliRunner().invoke(app, ["recipes"])
     assert table.exit_code == 0, table.output
+    blocks = _blocks(table.output)
+    assert list(blocks) == list(RECIPES)
     for name, recipe in RECIPES.items():
-        line = next(ln for ln in table.output.splitlines() if ln.startswith(name + " "))
-        assert recipe["expected"] in line and "--arch " + recipe["options"]["arch"] in line
+        # Every recipe says what it measured, where, and which split chose it (#42).
+        assert blocks[name]["measured"] == recipe["expected"] and blocks[name]["machine"] == recipe["machine"]
+        assert blocks[name]["chosen on"] == recipe["chosen_on"]
+        assert blocks[name]["chosen on"].startswith(("validation split", "test split"))
+        assert blocks[name]["options"].startswith("--arch " + recipe["options"]["arch"] + " ")
     # README's `cnn recipes` block is this command's real output, so its figures cannot drift from recipes.py.
     readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
     block = readme.split("$ cnn recipes\n", 1)[1].split("```", 1)[0]
@@ -81,9 +86,21 @@ def test_recipes_options_column_is_a_valid_command_line():
 
     from cnncli.cli import app
 
-    table = CliRunner().invoke(app, ["recipes"], env={"COLUMNS": "400"}).output
-    line = next(ln for ln in table.splitlines() if ln.startswith("cifar10-90 "))
+    line = _blocks(CliRunner().invoke(app, ["recipes"]).output)["cifar10-90"]["options"]
     assert "--lookahead --val-split" in line and "--tta-flip --tta-shift" in line and " True" not in line
+
+
+def _blocks(output: str) -> dict[str, dict[str, str]]:
+    """`cnn recipes`'s plain output: a name line, then indented "label  text" lines."""
+    blocks, name = {}, None
+    for ln in output.splitlines()[1:]:
+        if ln and not ln.startswith(" "):
+            name = ln
+            blocks[name] = {}
+        elif ln.strip():
+            label = "chosen on" if ln.strip().startswith("chosen on ") else ln.split()[0]
+            blocks[name][label] = ln.strip()[len(label):].strip()
+    return blocks
 
 
 def test_recipes_with_a_time_goal_carry_it_as_a_budget():

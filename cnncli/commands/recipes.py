@@ -20,10 +20,13 @@ def recipes(json: Json = False):
     if json:
         o.emit_json({"recipes": RECIPES})  # a key of its own: the version is not a recipe
         return
-    rows = [[name, r["description"], r["expected"], r["machine"], " ".join(_flag(k, v) for k, v in r["options"].items())]
-            for name, r in RECIPES.items()]
-    o.table("recipes (every option can still be overridden on the command line)",
-            ["recipe", "goal", "measured", "machine", "options"], rows, justify_numbers=False)
-    on_test = [name for name, r in RECIPES.items() if r["chosen_on"].startswith("test")]
-    if on_test:
-        o.print(f"chosen on the test split (val_split 0, before choices moved to a validation split): {', '.join(on_test)}")
+    # One block per recipe, not a table: each field is a sentence, and five of them side by side made
+    # lines of ~1,000 characters that no terminal or README could show.
+    o.print("recipes (every option can still be overridden on the command line)")
+    for name, r in RECIPES.items():
+        o.print()
+        o.print(name, style="bold", markup=False)
+        for label, text in (("goal", r["description"]), ("measured", r["expected"]), ("machine", r["machine"]),
+                            ("chosen on", r["chosen_on"]),
+                            ("options", " ".join(_flag(k, v) for k, v in r["options"].items()))):
+            o.print(f"  {label:<10} {text}", markup=False)
