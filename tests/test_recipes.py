@@ -115,3 +115,11 @@ def test_recipes_with_a_time_goal_carry_it_as_a_budget():
             assert r["options"].get("time_budget") == float(goal[1]), name
         else:
             assert r["options"]["epochs"] == 1 and "time_budget" not in r["options"], name
+
+
+def test_every_recipe_carves_a_validation_split():
+    # The split picks the best epoch and fits the calibration that lets `cnn predict` mark unsure
+    # answers (#42); a recipe trained on all of train would leave predict without a threshold.
+    for name, r in RECIPES.items():
+        assert 0.0 < r["options"]["val_split"] < 0.5, name
+        assert "calibrated on" in r["description"], name
