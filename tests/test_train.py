@@ -385,6 +385,11 @@ def test_time_budget_picks_the_epochs_that_fit(monkeypatch):
     cfg = resolve(dict(recipe="mnist-best", time_budget=2, epochs=10))
     note = planner.epochs_within_budget(cfg, step, {}, feeder, 10, 20)[2]
     assert "so 3 epoch(s); fewer than the 10 recipe mnist-best plans" in note
+    # With --epochs overriding the recipe's 10, the recipe planned neither number: the note says whose it is.
+    clock[0], calls[0] = 0.0, 0
+    cfg = resolve(dict(recipe="mnist-best", time_budget=2, epochs=12))
+    note = planner.epochs_within_budget(cfg, step, {}, feeder, 10, 20)[2]
+    assert "so 3 epoch(s); fewer than the 12 --epochs asks" in note and "recipe" not in note
     with pytest.raises(CnnError, match="does not fit one epoch here"):
         budget(1, 10)
     # An epoch is its steps and its validation pass: timing the pass (4 s on the clock) finds 10 s an

@@ -62,8 +62,13 @@ def epochs_within_budget(cfg: TrainConfig, train_step, state, feeder, bs: int, s
             + (f" (~{val_s:.0f} s of it validating)" if val_s >= 0.5 else "") + f", so {epochs} epoch(s)"
             + (f" (fits {fit_epochs}, capped by --epochs)" if fit_epochs > cfg.epochs else ""))
     if epochs < cfg.epochs and cfg.recipe:  # its figure was measured with all of them: say so before training
-        note += (f"; fewer than the {cfg.epochs} recipe {cfg.recipe} plans, so expect less than its "
-                 f"measured accuracy (`cnn recipes`), or pass --time-budget 0 to train them all")
+        from ..recipes import get_recipe
+
+        if get_recipe(cfg.recipe)["options"].get("epochs") == cfg.epochs:
+            note += (f"; fewer than the {cfg.epochs} recipe {cfg.recipe} plans, so expect less than its "
+                     f"measured accuracy (`cnn recipes`), or pass --time-budget 0 to train them all")
+        else:  # --epochs overrode the recipe's: the recipe planned neither number
+            note += f"; fewer than the {cfg.epochs} --epochs asks (--time-budget 0 trains them all)"
     return epochs, spent, note
 
 
