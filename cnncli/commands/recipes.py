@@ -24,7 +24,6 @@ def recipes(json: Json = False):
     # lines of ~1,000 characters that no terminal or README could show.
     o.print("recipes (every option can still be overridden on the command line)")
     for name, r in RECIPES.items():
-        o.print()
         o.print(name, style="bold", markup=False)
         for label, text in (("goal", r["description"]), ("measured", r["expected"]), ("machine", r["machine"]),
                             ("chosen on", r["chosen_on"]),
